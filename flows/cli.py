@@ -1,0 +1,25 @@
+"""The ``mcl`` command line: one entry point for operators.
+
+Each command group lives in ``flows/commands/<group>.py`` and imports heavy libraries
+(torch, transformers) inside its functions, so ``mcl --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flows.commands import data, encoder, train
+
+app = typer.Typer(
+    name="mcl",
+    help="marketplace-cl: continual learning of one multilingual relevance model, marketplace by marketplace.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(encoder.app, name="encoder")
+app.add_typer(data.app, name="data")
+app.command("train-sequence")(train.train_sequence)
+
+
+if __name__ == "__main__":
+    app()

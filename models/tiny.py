@@ -1,0 +1,74 @@
+"""Tiny random encoders built on the fly.
+
+The fast test suite and quick smoke runs need a real Hugging Face encoder folder
+(BertModel + fast tokenizer) without any download: a random ``BertConfig`` and a
+WordPiece vocabulary trained in milliseconds on the text at hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Enough multilingual text that a tokenizer trained on it alone covers common scripts.
+_FALLBACK_CORPUS = [
+    "wireless phone charger", "cargador inalámbrico para teléfono", "chargeur sans fil pour téléphone",
+    "kabelloses Ladegerät für Handy", "ワイヤレス充電器", "无线充电器", "running shoes for men",
+    "zapatillas de correr para hombre", "chaussures de course pour homme", "Laufschuhe für Herren",
+    "ランニングシューズ", "跑步鞋", "stainless steel water bottle", "botella de agua de acero inoxidable",
+    "bouteille d'eau en acier inoxydable", "Edelstahl Trinkflasche", "ステンレスボトル", "不锈钢水瓶",
+]
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000) -> BertTokenizerFast:
+    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS, show_progress=False)
+    tok.train_from_iterator(list(texts) + _FALLBACK_CORPUS, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+    )
+
+
+def build_tiny_encoder(
+    out_dir: Path,
+    texts: Iterable[str] = (),
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    vocab_size: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """Write a random BertModel and a tokenizer trained on ``texts`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    tokenizer = train_wordpiece(texts, vocab_size=vocab_size)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=hidden_size * 4,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

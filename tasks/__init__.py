@@ -1,0 +1,1 @@
+"""Pipeline steps as plain functions (tested directly) with thin Prefect task wrappers."""
