@@ -1,0 +1,63 @@
+"""Fusion attention with gradient.
+
+``adapters`` only returns fusion attentions as detached numpy arrays
+(``output_adapter_fusion_attentions=True``): good enough for a teacher, useless for a
+student whose attention is a loss term. ``BertFusion.forward`` applies its dropout to the
+raw scores and then ``softmax(scores / T)``; a forward hook on that dropout module sees the
+exact (dropped-out) scores of the live forward pass, so recomputing the softmax there gives
+the same probabilities the library uses, with the autograd graph intact and the same dropout
+mask. Teacher and student use this one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from adapters.methods.bottleneck import BottleneckLayer
+from adapters.methods.modeling import BertFusion
+from torch import nn
+
+
+def fusion_modules(model: nn.Module, fusion_name: str) -> list[BertFusion]:
+    """The fusion blocks named ``fusion_name`` (e.g. ``"en,es"``), in layer order."""
+    found = [
+        layer.adapter_fusion_layer[fusion_name]
+        for layer in model.modules()
+        if isinstance(layer, BottleneckLayer) and fusion_name in layer.adapter_fusion_layer
+    ]
+    if not found:
+        raise KeyError(f"the model has no fusion layer named {fusion_name!r}")
+    return found
+
+
+class FusionAttentionRecorder:
+    """Records, per fusion layer, attention probabilities of shape (batch, tokens, adapters)."""
+
+    def __init__(self, model: nn.Module, fusion_name: str) -> None:
+        self.fusion_name = fusion_name
+        self.modules = fusion_modules(model, fusion_name)
+        self.scores: list[torch.Tensor] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.modules)
+
+    def _hook_for(self, fusion: BertFusion):
+        def hook(_dropout: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            # Same expression as BertFusion.forward; T is read before the library updates it.
+            self.scores.append(torch.softmax(output / fusion.T, dim=-1))
+
+        return hook
+
+    @contextmanager
+    def record(self) -> Iterator[list[torch.Tensor]]:
+        """Inside the block, every forward pass appends one tensor per fusion layer."""
+        self.scores = []
+        handles = [m.dropout.register_forward_hook(self._hook_for(m)) for m in self.modules]
+        try:
+            yield self.scores
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -1,0 +1,291 @@
+"""The relevance model: frozen base encoder + one language adapter per marketplace + AdapterFusion + head.
+
+One ``adapters`` model holds everything, including, during distillation, both the previous
+fusion Ψ_{t-1} (teacher) and the new one Ψ_t (student): they share the frozen encoder and the
+adapters, so the teacher costs no second copy of the encoder. The model saves as a
+self-describing folder (``manifest.json`` + AdapterHub-format adapter and fusion folders);
+the base encoder is referenced by name and checksum, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import adapters
+import numpy as np
+import torch
+import transformers
+from adapters import AutoAdapterModel, Fuse, SeqBnConfig, Stack
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from models.device import autocast
+from models.pairs import Batch, Pairs, batches, encode_pairs
+
+if TYPE_CHECKING:
+    from models.encoders import EncoderRef
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+ADAPTER_CONFIG = "seq_bn"  # Pfeiffer bottleneck after the feed-forward block, as in the paper
+FUSION_CONFIG = "dynamic"  # key, query and value matrices plus the value regulariser (Pfeiffer et al. 2021)
+NUM_LABELS = 2
+
+
+class ModelFormatError(ValueError):
+    """A model folder that cannot be used as asked (unknown marketplace, wrong encoder, bad manifest)."""
+
+
+@dataclass(frozen=True)
+class MarketplaceSpec:
+    """A marketplace as the model knows it: its id names the adapter and its head."""
+
+    id: str
+    language: str
+
+    def __post_init__(self) -> None:
+        if not self.id or any(c in self.id for c in ",/\\ ") or self.id != self.id.strip():
+            raise ValueError(f"marketplace id {self.id!r} must be non-empty without commas, slashes or spaces")
+
+
+def fusion_name(adapter_names: Sequence[str]) -> str:
+    return Fuse(*adapter_names).name
+
+
+class RelevanceModel:
+    """Scores (query, product title) pairs; grows one marketplace at a time."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: EncoderRef,
+        marketplaces: list[MarketplaceSpec],
+        fusion: str | None,
+        max_length: int,
+    ) -> None:
+        self.net = net
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.marketplaces = marketplaces
+        self.fusion = fusion
+        self.max_length = max_length
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def create(cls, encoder: EncoderRef, *, max_length: int = 64) -> RelevanceModel:
+        """A model with no marketplace yet, on top of ``encoder`` (frozen)."""
+        net = AutoAdapterModel.from_pretrained(str(encoder.path))
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return cls(net, tokenizer, encoder, [], None, max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return [m.id for m in self.marketplaces]
+
+    def marketplace(self, marketplace_id: str) -> MarketplaceSpec:
+        for spec in self.marketplaces:
+            if spec.id == marketplace_id:
+                return spec
+        known = ", ".join(self.adapter_names) or "none"
+        raise ModelFormatError(f"unknown marketplace {marketplace_id!r}: this model knows {known}")
+
+    def add_marketplace(self, spec: MarketplaceSpec) -> None:
+        """A new Pfeiffer adapter and its classification head, both untrained."""
+        if spec.id in self.adapter_names:
+            raise ModelFormatError(f"marketplace {spec.id!r} already has an adapter in this model")
+        self.net.add_adapter(spec.id, config=SeqBnConfig())
+        self.net.add_classification_head(spec.id, num_labels=NUM_LABELS)
+        self.net.to(self.device)
+        self.marketplaces.append(spec)
+
+    def add_fusion(self, adapter_names: Sequence[str], warm_start_from: str | None = None) -> str:
+        """A fusion over ``adapter_names`` (old first) with its own head; optionally copy Ψ_{t-1} into it.
+
+        Fusion parameters do not depend on the number of adapters, so Ψ_{t-1}'s query, key and
+        value matrices fit Ψ_t exactly; the paper initialises randomly (the default).
+        """
+        name = fusion_name(adapter_names)
+        self.net.add_adapter_fusion(Fuse(*adapter_names), config=FUSION_CONFIG)
+        self.net.add_classification_head(name, num_labels=NUM_LABELS)
+        if warm_start_from is not None:
+            params = dict(self.net.named_parameters())
+            for key, value in params.items():
+                if f"adapter_fusion_layer.{name}." in key:
+                    source = key.replace(f"adapter_fusion_layer.{name}.", f"adapter_fusion_layer.{warm_start_from}.")
+                    value.data.copy_(params[source].data)
+            self.net.heads[name].load_state_dict(self.net.heads[warm_start_from].state_dict())
+        self.net.to(self.device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        return name
+
+    def remove_fusion(self, name: str) -> None:
+        self.net.delete_adapter_fusion(name)
+        self.net.delete_head(name)
+
+    # ------------------------------------------------------------- parameters
+    def parameters_of(self, *, adapters_: Iterable[str] = (), fusion: str | None = None,
+                      heads: Iterable[str] = ()) -> list[torch.nn.Parameter]:
+        """Parameters of the named adapters, fusion and heads (nothing of the base encoder)."""
+        markers = [f".adapters.{a}." for a in adapters_]
+        if fusion is not None:
+            markers.append(f".adapter_fusion_layer.{fusion}.")
+        prefixes = [f"heads.{h}." for h in heads]
+        return [
+            p for n, p in self.net.named_parameters()
+            if any(m in n for m in markers) or any(n.startswith(pre) for pre in prefixes)
+        ]
+
+    def set_trainable(self, params: list[torch.nn.Parameter]) -> int:
+        """Freeze everything except ``params``; returns how many scalars will train."""
+        wanted = {id(p) for p in params}
+        for p in self.net.parameters():
+            p.requires_grad_(id(p) in wanted)
+        return sum(p.numel() for p in params)
+
+    def total_parameters(self) -> int:
+        """Size of the base encoder alone: what full fine-tuning would train (plus one head)."""
+        return sum(p.numel() for n, p in self.net.named_parameters()
+                   if ".adapters." not in n and "adapter_fusion_layer" not in n and not n.startswith("heads."))
+
+    # ---------------------------------------------------------------- forward
+    def activate(self, setup: str | None = None) -> str:
+        """Route forward passes through one adapter (``setup`` = marketplace id) or the fusion (None).
+
+        Returns the head name to use. With one marketplace and no fusion, that adapter is the model.
+        """
+        if setup is None:
+            if self.fusion is not None:
+                self.net.set_active_adapters(Fuse(*self.fusion.split(",")))
+                return self.fusion
+            if len(self.marketplaces) != 1:
+                raise ModelFormatError("the model has no fusion yet; name the adapter to use")
+            setup = self.marketplaces[0].id
+        if "," in setup:
+            self.net.set_active_adapters(Fuse(*setup.split(",")))
+            return setup
+        self.marketplace(setup)
+        self.net.set_active_adapters(Stack(setup))
+        return setup
+
+    def logits(self, batch: Batch, head: str) -> torch.Tensor:
+        out = self.net(**batch.model_inputs(), head=head)
+        return out.logits if hasattr(out, "logits") else out[0]
+
+    @torch.no_grad()
+    def predict_proba(
+        self,
+        pairs: Pairs,
+        *,
+        setup: str | None = None,
+        batch_size: int = 64,
+        precision: str = "auto",
+    ) -> np.ndarray:
+        """P(relevant) for each pair, in input order; ``setup`` as in :meth:`activate`."""
+        head = self.activate(setup)
+        was_training = self.net.training
+        self.net.eval()
+        encoded = encode_pairs(pairs, self.tokenizer, self.max_length)
+        out = np.empty(len(encoded), dtype=np.float32)
+        try:
+            for batch in batches(encoded, batch_size, self.tokenizer.pad_token_id, shuffle=False):
+                with autocast(self.device, precision):
+                    logits = self.logits(batch.to(self.device), head)
+                out[batch.index.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+        finally:
+            self.net.train(was_training)
+        return out
+
+    # -------------------------------------------------------------- save/load
+    def manifest(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "marketplaces": [asdict(m) for m in self.marketplaces],
+            "fusion": self.fusion,
+            "encoder": {"name": self.encoder.name, "checksum": self.encoder.checksum},
+            "adapter_config": ADAPTER_CONFIG,
+            "fusion_config": FUSION_CONFIG,
+            "max_length": self.max_length,
+            "libraries": {"torch": torch.__version__, "transformers": transformers.__version__,
+                          "adapters": adapters.__version__},
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write atomically: a crash mid-save leaves the previous folder (or nothing), never half a model."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            (tmp / "adapters").mkdir()
+            for spec in self.marketplaces:
+                self.net.save_adapter(str(tmp / "adapters" / spec.id), spec.id, with_head=True, use_safetensors=True)
+            if self.fusion is not None:
+                self.net.save_adapter_fusion(str(tmp / "fusion"), self.fusion, with_head=True, use_safetensors=True)
+            (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2))
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @staticmethod
+    def read_manifest(folder: str | Path) -> dict:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise ModelFormatError(f"{folder} is not a relevance model folder: {MANIFEST} is missing")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{path}: format_version {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+            )
+        return manifest
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: EncoderRef, *, device: torch.device | str = "cpu") -> RelevanceModel:
+        """Rebuild a saved model on ``encoder``, refusing an encoder other than the one it was trained on."""
+        folder = Path(folder)
+        manifest = cls.read_manifest(folder)
+        expected = manifest["encoder"]
+        if expected["checksum"] != encoder.checksum:
+            raise ModelFormatError(
+                f"{folder} was trained on encoder {expected['name']!r} (checksum {expected['checksum'][:12]}…), "
+                f"but encoder {encoder.name!r} at {encoder.path} has checksum {encoder.checksum[:12]}…; "
+                "load it with the encoder it was trained on"
+            )
+        model = cls.create(encoder, max_length=int(manifest["max_length"]))
+        for entry in manifest["marketplaces"]:
+            spec = MarketplaceSpec(**entry)
+            model.net.load_adapter(str(folder / "adapters" / spec.id), load_as=spec.id, with_head=True,
+                                   use_safetensors=True)
+            model.marketplaces.append(spec)
+        if manifest["fusion"] is not None:
+            model.net.load_adapter_fusion(str(folder / "fusion"), with_head=True, use_safetensors=True)
+            model.fusion = manifest["fusion"]
+        model.net.to(device)
+        for p in model.net.parameters():
+            p.requires_grad_(False)
+        model.net.eval()
+        return model

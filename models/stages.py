@@ -1,0 +1,203 @@
+"""The method's learning stages, each a configuration of the one training loop.
+
+Stage 2, ``train_language_adapter``: a new Pfeiffer adapter A_t and its head learn D_t on the
+frozen encoder. Stage 3, ``distill_fusion``: a fresh AdapterFusion Ψ_t over A_1..A_t learns D_t
+with cross-entropy while translated batches T_k are distilled from the frozen previous model's
+fusion attention (L_AD); without translations every D_t batch gets CE + L_AD (paper §4.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.fusion_attention import FusionAttentionRecorder
+from models.losses import OmegaMode, attention_distillation_loss, relevance_loss
+from models.metrics import roc_auc
+from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches, encode_pairs
+from models.relevance import MarketplaceSpec, RelevanceModel
+from models.teacher import TeacherAttention
+from models.training import FitResult, TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig:
+    """Attention-distillation options (defaults follow the paper)."""
+
+    weight: float = 1.0  # λ, the weight of L_AD
+    omega: OmegaMode = "slice"  # eq. 9 literally; "renorm" renormalises over the old adapters
+    warm_start: bool = False  # initialise Ψ_t from Ψ_{t-1}; the paper starts from random
+    cache_teacher: bool = True  # compute Ω_{t-1} once per example instead of every epoch
+    regularization: bool = True  # AdapterFusion's value-matrix regulariser
+
+
+@dataclass
+class StageReport:
+    stage: str
+    marketplace: str
+    fit: FitResult
+    total_parameters: int
+    details: dict = field(default_factory=dict)
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.fit.trainable_parameters / self.total_parameters
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "trainable_fraction": self.trainable_fraction}
+
+
+def _steps(split: EncodedPairs, batch_size: int) -> int:
+    return math.ceil(len(split) / batch_size)
+
+
+def _validation(model: RelevanceModel, valid: Pairs, setup: str, batch_size: int):
+    return lambda: roc_auc(valid.labels, model.predict_proba(valid, setup=setup, batch_size=batch_size))
+
+
+def train_language_adapter(
+    model: RelevanceModel,
+    spec: MarketplaceSpec,
+    train: Pairs,
+    valid: Pairs,
+    cfg: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+) -> StageReport:
+    """Add A_t (+ head) for ``spec`` and train only those on D_t; old adapters are neither used nor changed."""
+    seed_everything(cfg.seed)
+    model.add_marketplace(spec)
+    head = model.activate(spec.id)
+    params = model.parameters_of(adapters_=[spec.id], heads=[spec.id])
+    model.set_trainable(params)
+    data = encode_pairs(train, model.tokenizer, model.max_length)
+    pad = model.tokenizer.pad_token_id
+
+    def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = relevance_loss(model.logits(batch, head), batch.labels)
+        return loss, {"ce": float(loss.detach())}
+
+    result = fit(
+        model.net, params,
+        epoch_batches=lambda epoch: batches(data, cfg.batch_size, pad, shuffle=True, seed=cfg.seed + epoch),
+        loss_fn=loss_fn,
+        evaluate=_validation(model, valid, spec.id, cfg.eval_batch_size),
+        cfg=cfg, steps_per_epoch=_steps(data, cfg.batch_size), desc=f"adapter[{spec.id}]", checkpoint=checkpoint,
+    )
+    model.set_trainable([])
+    return StageReport("adapter", spec.id, result, model.total_parameters())
+
+
+def _mixed_epoch(splits: Sequence[EncodedPairs], batch_size: int, pad: int, seed: int) -> list[Batch]:
+    """All batches of all splits, each batch from one split, in a seeded random order."""
+    epoch = [b for i, s in enumerate(splits) for b in batches(s, batch_size, pad, shuffle=True, seed=seed + 7919 * i)]
+    order = np.random.default_rng(seed).permutation(len(epoch))
+    return [epoch[i] for i in order]
+
+
+def distillation_loss(
+    model: RelevanceModel,
+    student: str,
+    recorder: FusionAttentionRecorder,
+    teacher: TeacherAttention,
+    distill: DistillConfig,
+    distill_task: bool,
+) -> Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]:
+    """Stage 3's per-batch loss, routed by the batch's source.
+
+    D_t batches: cross-entropy (+ λ·L_AD when ``distill_task``, the no-translation variant);
+    translated batches: λ·L_AD only, since their labels belong to D_t's text, not to what the
+    old marketplaces taught; every batch: the fusion value regulariser.
+    """
+
+    def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with recorder.record() as student_scores:
+            logits = model.logits(batch, student)
+        parts: dict[str, float] = {}
+        total = torch.zeros((), device=logits.device)
+        if batch.source == TASK_SOURCE:
+            ce = relevance_loss(logits, batch.labels)
+            total = total + ce
+            parts["ce"] = float(ce.detach())
+        if distill.weight > 0 and (batch.source != TASK_SOURCE or distill_task):
+            ad = attention_distillation_loss(teacher.for_batch(batch), student_scores, batch.attention_mask,
+                                             distill.omega)
+            total = total + distill.weight * ad
+            parts["ad"] = float(ad.detach())
+        if distill.regularization:
+            reg = model.net.get_fusion_regularization_loss()
+            if reg is not None:
+                total = total + reg
+                parts["reg"] = float(reg.detach())
+        return total, parts
+
+    return loss_fn
+
+
+def distill_fusion(
+    model: RelevanceModel,
+    train: Pairs,
+    valid: Pairs,
+    translated: Sequence[Pairs],
+    cfg: TrainConfig,
+    distill: DistillConfig | None = None,
+    *,
+    checkpoint: Path | None = None,
+) -> StageReport:
+    """Train a fresh fusion Ψ_t over every adapter (old first), distilling Ψ_{t-1}'s attention.
+
+    ``translated`` holds T_1..T_{t-1}: D_t pairs in the old languages, each ``Pairs`` with its own
+    ``source`` name. The model must already hold the new adapter (stage 2). Afterwards the model's
+    fusion is Ψ_t and Ψ_{t-1} is gone.
+    """
+    distill = distill or DistillConfig()
+    names = model.adapter_names
+    if len(names) < 2:
+        raise ValueError("fusion needs at least two adapters; at t = 1 the model is the first adapter alone")
+    sources = [p.source for p in translated]
+    if TASK_SOURCE in sources or len(set(sources)) != len(sources):
+        raise ValueError(f"translated sets need distinct sources other than {TASK_SOURCE!r}, got {sources}")
+    seed_everything(cfg.seed)
+    teacher_fusion = model.fusion
+    student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None)
+    recorder = FusionAttentionRecorder(model.net, student)
+    teacher = TeacherAttention(model, teacher_fusion, recorder.num_layers, cfg.precision)
+    params = model.parameters_of(fusion=student, heads=[student])
+    model.set_trainable(params)
+
+    pad = model.tokenizer.pad_token_id
+    task = encode_pairs(train, model.tokenizer, model.max_length)
+    extra = [encode_pairs(p, model.tokenizer, model.max_length) for p in translated]
+    distill_task = not extra  # paper §4.2: no translations, so D_t itself carries L_AD
+    if distill.cache_teacher and distill.weight > 0:
+        teacher.build_cache(extra or [task], cfg.eval_batch_size)
+    model.activate(student)
+
+    loss_fn = distillation_loss(model, student, recorder, teacher, distill, distill_task)
+    steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
+    result = fit(
+        model.net, params,
+        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, cfg.seed + epoch),
+        loss_fn=loss_fn,
+        evaluate=_validation(model, valid, student, cfg.eval_batch_size),
+        cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,
+    )
+    model.set_trainable([])
+    if teacher_fusion is not None:
+        model.remove_fusion(teacher_fusion)
+    model.fusion = student
+    details = {
+        "teacher": teacher_fusion or names[0],
+        "translated_sources": sources,
+        "translated_examples": sum(len(s) for s in extra),
+        "distill": asdict(distill),
+    }
+    return StageReport("fusion", names[-1], result, model.total_parameters(), details)

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny encoders and small synthetic marketplaces, built in milliseconds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Three "languages" over one meaning space: a query names a product type and a colour; a title is
+# relevant when it names the same type. Enough structure for a tiny model to learn a little.
+WORDS = {
+    "en": (["red", "blue", "green"], ["shoe", "phone", "lamp", "cup", "bag", "watch"]),
+    "es": (["rojo", "azul", "verde"], ["zapato", "telefono", "lampara", "taza", "bolso", "reloj"]),
+    "fr": (["rouge", "bleu", "vert"], ["chaussure", "telephone", "lampe", "tasse", "sac", "montre"]),
+}
+
+
+def make_pairs(lang: str, n: int, seed: int, source: str = "task"):
+    from models.pairs import Pairs
+
+    rng = random.Random(f"{lang}-{seed}")
+    colours, types = WORDS[lang]
+    queries, titles, labels = [], [], []
+    for i in range(n):
+        a = rng.randrange(len(types))
+        relevant = i % 2 == 0
+        b = a if relevant else (a + rng.randrange(1, len(types))) % len(types)
+        queries.append(f"{rng.choice(colours)} {types[a]}")
+        titles.append(f"{types[b]} {rng.choice(colours)} deluxe")
+        labels.append(int(relevant))
+    return Pairs(queries, titles, labels, source=source)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    from models.encoders import EncoderRef
+    from models.tiny import build_tiny_encoder
+
+    texts = [w for colours, types in WORDS.values() for w in colours + types]
+    path = build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), texts, hidden_size=32, num_layers=2)
+    return EncoderRef(name="tiny-test", path=Path(path), checksum="tiny-checksum-1")
+
+
+@pytest.fixture()
+def marketplaces():
+    from models.relevance import MarketplaceSpec
+    from models.sequence import MarketplaceSplits
+
+    return [
+        MarketplaceSplits(MarketplaceSpec(lang, lang), make_pairs(lang, 96, 1), make_pairs(lang, 32, 2),
+                          make_pairs(lang, 32, 3))
+        for lang in ("en", "es", "fr")
+    ]

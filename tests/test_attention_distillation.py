@@ -1,0 +1,141 @@
+"""L_AD: its value, its masking, and where its gradient goes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.losses import attention_distillation_loss
+from models.relevance import MarketplaceSpec, RelevanceModel
+from models.stages import DistillConfig, distillation_loss
+from models.fusion_attention import FusionAttentionRecorder
+from models.pairs import PadCollator, encode_pairs
+from models.teacher import TeacherAttention
+from tests.conftest import make_pairs
+
+
+def test_kl_matches_hand_computation():
+    teacher = [torch.tensor([[[0.25, 0.75]]])]  # 1 example, 1 token, 2 old adapters
+    student = [torch.tensor([[[0.2, 0.5, 0.3]]])]
+    mask = torch.ones(1, 1)
+    expected_slice = 0.25 * math.log(0.25 / 0.2) + 0.75 * math.log(0.75 / 0.5)
+    expected_renorm = 0.25 * math.log(0.25 / (0.2 / 0.7)) + 0.75 * math.log(0.75 / (0.5 / 0.7))
+    assert attention_distillation_loss(teacher, student, mask, "slice").item() == pytest.approx(expected_slice, rel=1e-5)
+    assert attention_distillation_loss(teacher, student, mask, "renorm").item() == pytest.approx(expected_renorm, abs=1e-6)
+
+
+def test_layers_are_summed_and_tokens_averaged():
+    t = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
+    s = torch.tensor([[[0.25, 0.25, 0.5], [0.9, 0.1, 0.0]]])
+    mask = torch.ones(1, 2)
+    one_layer = attention_distillation_loss([t], [s], mask).item()
+    per_token = [0.5 * math.log(2) * 2, 0.0]
+    assert one_layer == pytest.approx(sum(per_token) / 2, rel=1e-5)
+    assert attention_distillation_loss([t, t], [s, s], mask).item() == pytest.approx(2 * one_layer, rel=1e-5)
+
+
+def test_zero_when_student_agrees_on_old_adapters():
+    teacher = torch.softmax(torch.randn(3, 5, 2), dim=-1)
+    agree_slice = torch.cat([teacher, torch.zeros(3, 5, 1)], dim=-1)
+    agree_renorm = torch.cat([teacher * 0.6, torch.full((3, 5, 1), 0.4)], dim=-1)
+    mask = torch.ones(3, 5)
+    assert attention_distillation_loss([teacher], [agree_slice], mask, "slice").item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_distillation_loss([teacher], [agree_renorm], mask, "renorm").item() == pytest.approx(0.0, abs=1e-6)
+    # the raw slice counts the new adapter's share as divergence: -log(0.6) per token
+    assert attention_distillation_loss([teacher], [agree_renorm], mask, "slice").item() == pytest.approx(-math.log(0.6), rel=1e-5)
+
+
+def test_padding_is_excluded():
+    teacher = torch.softmax(torch.randn(2, 4, 2), dim=-1)
+    student = torch.softmax(torch.randn(2, 4, 3), dim=-1)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    base = attention_distillation_loss([teacher], [student], mask).item()
+    garbage = student.clone()
+    garbage[0, 3] = torch.tensor([0.98, 0.01, 0.01])
+    garbage[1, 2:] = torch.tensor([0.01, 0.01, 0.98])
+    assert attention_distillation_loss([teacher], [garbage], mask).item() == pytest.approx(base, rel=1e-6)
+    # and the masked mean equals the mean over the five real tokens only
+    kl = (teacher * (teacher.log() - student[..., :2].log())).sum(-1)
+    assert base == pytest.approx(float(kl[mask.bool()].mean()), rel=1e-5)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="fusion layers"):
+        attention_distillation_loss([torch.ones(1, 1, 2)], [], torch.ones(1, 1))
+    with pytest.raises(ValueError, match="does not extend"):
+        attention_distillation_loss([torch.full((1, 1, 3), 1 / 3)], [torch.full((1, 1, 2), 0.5)], torch.ones(1, 1))
+
+
+def _three_adapter_model(tiny_encoder) -> RelevanceModel:
+    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    for lang in ("en", "es", "fr"):
+        model.add_marketplace(MarketplaceSpec(lang, lang))
+    model.fusion = model.add_fusion(["en", "es"])  # the teacher Ψ_{t-1}
+    return model
+
+
+def _batch(model: RelevanceModel, source: str, n: int = 6):
+    enc = encode_pairs(make_pairs("es", n, 5, source=source), model.tokenizer, model.max_length)
+    return PadCollator(model.tokenizer.pad_token_id, source)([enc[i] for i in range(n)])
+
+
+def test_gradient_reaches_student_query_and_key_and_nothing_frozen(tiny_encoder):
+    model = _three_adapter_model(tiny_encoder)
+    student = model.add_fusion(model.adapter_names)
+    recorder = FusionAttentionRecorder(model.net, student)
+    teacher = TeacherAttention(model, "en,es", recorder.num_layers)
+    model.set_trainable(model.parameters_of(fusion=student, heads=[student]))
+    model.activate(student)
+    model.net.train()
+    loss_fn = distillation_loss(model, student, recorder, teacher, DistillConfig(regularization=False), False)
+    loss, parts = loss_fn(_batch(model, "translated:en"))
+    assert set(parts) == {"ad"} and parts["ad"] > 0
+    loss.backward()
+    grads = {n: p.grad for n, p in model.net.named_parameters()}
+    for kind in ("query", "key"):
+        layer_grads = [g for n, g in grads.items() if f"adapter_fusion_layer.{student}.{kind}.weight" in n]
+        assert len(layer_grads) == recorder.num_layers
+        assert all(g is not None and g.abs().sum() > 0 for g in layer_grads)
+    frozen = [n for n, p in model.net.named_parameters() if not p.requires_grad]
+    assert any("adapter_fusion_layer.en,es." in n for n in frozen) and any(".adapters.en." in n for n in frozen)
+    assert all(grads[n] is None for n in frozen), "a frozen parameter received a gradient"
+
+
+def test_batches_are_routed_by_source(tiny_encoder):
+    model = _three_adapter_model(tiny_encoder)
+    student = model.add_fusion(model.adapter_names)
+    recorder = FusionAttentionRecorder(model.net, student)
+    teacher = TeacherAttention(model, "en,es", recorder.num_layers)
+    model.set_trainable(model.parameters_of(fusion=student, heads=[student]))
+    model.activate(student)
+    with_translations = distillation_loss(model, student, recorder, teacher, DistillConfig(), distill_task=False)
+    without = distillation_loss(model, student, recorder, teacher, DistillConfig(), distill_task=True)
+    _, task_parts = with_translations(_batch(model, "task"))
+    _, translated_parts = with_translations(_batch(model, "translated:en"))
+    _, variant_parts = without(_batch(model, "task"))
+    assert set(task_parts) == {"ce", "reg"}
+    assert set(translated_parts) == {"ad", "reg"}
+    assert set(variant_parts) == {"ce", "ad", "reg"}
+
+
+def test_teacher_cache_equals_recomputation(tiny_encoder):
+    model = _three_adapter_model(tiny_encoder)
+    student = model.add_fusion(model.adapter_names)
+    recorder = FusionAttentionRecorder(model.net, student)
+    translated = encode_pairs(make_pairs("es", 10, 9, source="translated:en"), model.tokenizer, model.max_length)
+    fresh = TeacherAttention(model, "en,es", recorder.num_layers)
+    cached = TeacherAttention(model, "en,es", recorder.num_layers)
+    cached.build_cache([translated], batch_size=4)
+    assert cached.cached("translated:en") and not fresh.cached("translated:en")
+    model.activate(student)
+    model.net.eval()
+    batch = PadCollator(model.tokenizer.pad_token_id, "translated:en")([translated[i] for i in (7, 2, 5)])
+    with recorder.record() as student_scores:
+        model.logits(batch, student)
+    recomputed = attention_distillation_loss(fresh.for_batch(batch), student_scores, batch.attention_mask)
+    from_cache = attention_distillation_loss(cached.for_batch(batch), student_scores, batch.attention_mask)
+    assert from_cache.item() == pytest.approx(recomputed.item(), rel=2e-3)
+    assert recomputed.item() > 0
+    assert model.net.active_adapters.name == student, "the teacher pass must hand routing back to the student"

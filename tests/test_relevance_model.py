@@ -1,0 +1,141 @@
+"""Growing, saving and loading the relevance model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.relevance import MarketplaceSpec, ModelFormatError, RelevanceModel
+from models.sequence import LearnerConfig, learn_marketplace, learn_sequence
+from models.training import TrainConfig
+from tests.conftest import make_pairs
+
+FAST = LearnerConfig(adapter=TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3),
+                     fusion=TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3), max_length=24, device="cpu")
+
+
+def _fusion_names(model: RelevanceModel) -> set[str]:
+    return {n.split("adapter_fusion_layer.")[1].split(".")[0]
+            for n, _ in model.net.named_parameters() if "adapter_fusion_layer." in n}
+
+
+def test_three_marketplace_sequence_grows_adapters_and_fusion(tiny_encoder, marketplaces):
+    seen = []
+
+    def translated_for(data, old):
+        return [make_pairs(data.spec.id, 16, 4, source=f"translated:{o.language}") for o in old]
+
+    def on_step(t, model, scores):
+        seen.append((list(model.adapter_names), model.fusion, _fusion_names(model), sorted(model.net.heads),
+                     sorted(scores)))
+
+    result = learn_sequence(tiny_encoder, marketplaces, FAST, translated_for, on_step=on_step)
+    assert seen == [
+        (["en"], None, set(), ["en"], ["en"]),
+        (["en", "es"], "en,es", {"en,es"}, ["en", "en,es", "es"], ["en", "es"]),
+        (["en", "es", "fr"], "en,es,fr", {"en,es,fr"}, ["en", "en,es,fr", "es", "fr"], ["en", "es", "fr"]),
+    ]
+    stages = [(r.stage, r.marketplace) for r in result.reports]
+    assert stages == [("adapter", "en"), ("adapter", "es"), ("fusion", "es"), ("adapter", "fr"), ("fusion", "fr")]
+    fusion_fr = result.reports[-1]
+    assert fusion_fr.details["translated_sources"] == ["translated:en", "translated:es"]
+    assert fusion_fr.details["teacher"] == "en,es"
+    r = result.metrics.matrix
+    assert np.isnan(r[0, 1]) and np.isnan(r[0, 2]) and np.isnan(r[1, 2])
+    assert np.all((r[np.tril_indices(3)] >= 0) & (r[np.tril_indices(3)] <= 1))
+    assert set(result.attention) == {"en", "es", "fr"}
+    for shares in result.attention.values():
+        assert list(shares) == ["en", "es", "fr"] and sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.fixture()
+def trained_pair(tiny_encoder, marketplaces):
+    model, _ = learn_marketplace(None, tiny_encoder, marketplaces[0], [], FAST)
+    model, _ = learn_marketplace(model, tiny_encoder, marketplaces[1], [], FAST)
+    return model, marketplaces
+
+
+def test_save_load_predicts_identically_in_a_fresh_process(trained_pair, tiny_encoder, tmp_path):
+    model, mks = trained_pair
+    folder = model.save(tmp_path / "model")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [m["id"] for m in manifest["marketplaces"]] == ["en", "es"]
+    assert manifest["fusion"] == "en,es"
+    assert manifest["encoder"] == {"name": "tiny-test", "checksum": "tiny-checksum-1"}
+    assert set(manifest["libraries"]) == {"torch", "transformers", "adapters"}
+    assert (folder / "adapters" / "es" / "adapter_config.json").is_file()
+    assert (folder / "fusion" / "adapter_fusion_config.json").is_file()
+    test = mks[1].test
+    expected = model.predict_proba(test)
+    np.save(tmp_path / "expected.npy", expected)
+    script = f"""
+import numpy as np, sys
+from pathlib import Path
+sys.path.insert(0, {str(tmp_path.parent)!r})
+from models.encoders import EncoderRef
+from models.relevance import RelevanceModel
+from models.pairs import Pairs
+enc = EncoderRef(name="tiny-test", path=Path({str(tiny_encoder.path)!r}), checksum="tiny-checksum-1")
+m = RelevanceModel.load(Path({str(folder)!r}), enc)
+p = m.predict_proba(Pairs({list(test.queries)!r}, {list(test.titles)!r}, {list(test.labels)!r}))
+np.save({str(tmp_path / 'got.npy')!r}, p)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
+    assert np.array_equal(np.load(tmp_path / "got.npy"), expected)
+
+
+def test_adapter_only_predictions_and_unknown_marketplace(trained_pair):
+    model, mks = trained_pair
+    fused = model.predict_proba(mks[0].test)
+    adapter_only = model.predict_proba(mks[0].test, setup="en")
+    assert fused.shape == adapter_only.shape == (32,)
+    assert not np.allclose(fused, adapter_only)
+    with pytest.raises(ModelFormatError, match="unknown marketplace 'xx': this model knows en, es"):
+        model.predict_proba(mks[0].test, setup="xx")
+
+
+def test_loading_on_another_encoder_is_refused(trained_pair, tiny_encoder, tmp_path):
+    model, _ = trained_pair
+    folder = model.save(tmp_path / "model")
+    other = dataclasses.replace(tiny_encoder, name="other", checksum="0" * 64)
+    with pytest.raises(ModelFormatError, match="was trained on encoder 'tiny-test'.*load it with the encoder"):
+        RelevanceModel.load(folder, other)
+    with pytest.raises(ModelFormatError, match="manifest.json is missing"):
+        RelevanceModel.load(tmp_path, tiny_encoder)
+
+
+def test_a_failed_save_keeps_the_previous_model(trained_pair, tmp_path, monkeypatch):
+    model, _ = trained_pair
+    folder = model.save(tmp_path / "model")
+    before = (folder / "manifest.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model.net, "save_adapter_fusion", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(folder)
+    assert (folder / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temp folder may be left behind"
+
+
+def test_duplicate_marketplace_and_bad_ids(tiny_encoder):
+    model = RelevanceModel.create(tiny_encoder)
+    model.add_marketplace(MarketplaceSpec("en", "en"))
+    with pytest.raises(ModelFormatError, match="already has an adapter"):
+        model.add_marketplace(MarketplaceSpec("en", "en"))
+    with pytest.raises(ValueError, match="without commas"):
+        MarketplaceSpec("en,es", "en")
+
+
+def test_trainable_parameters_are_only_the_new_adapter_and_head(tiny_encoder, marketplaces):
+    model, reports = learn_marketplace(None, tiny_encoder, marketplaces[0], [], FAST)
+    expected = sum(p.numel() for p in model.parameters_of(adapters_=["en"], heads=["en"]))
+    assert reports[0].fit.trainable_parameters == expected
+    assert reports[0].trainable_fraction < 0.2
+    assert all(not p.requires_grad for p in model.net.parameters())
