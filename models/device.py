@@ -17,12 +17,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str = "auto") -> AbstractContextManager:
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """Mixed precision on GPU (bf16 where supported, else fp16); full fp32 on CPU unless asked."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return nullcontext()
+        return None
     if precision == "auto":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, precision: str = "auto") -> AbstractContextManager:
+    dtype = autocast_dtype(device, precision)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)

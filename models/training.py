@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from models.device import autocast
+from models.device import autocast, autocast_dtype
 from models.pairs import Batch
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, cfg.precision) == torch.float16)
     trainable = sum(p.numel() for p in params)
     best_metric, best_epoch, best_state = -math.inf, -1, _snapshot(params)
     history: list[dict] = []
@@ -146,10 +148,12 @@ def fit(
             with autocast(device, cfg.precision):
                 loss, parts = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.max_grad_norm:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             n_batches += 1
             epoch_examples += len(batch)
