@@ -34,6 +34,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class _DropMessages(logging.Filter):
+    """Silences known-spurious library warnings that would send an operator chasing nothing."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+# adapters warns on every set_active_adapters() (its reset pass runs before the new setup is stored);
+# transformers 4.57.6 flags every locally saved sentencepiece tokenizer as a Mistral regex case; the encoder
+# folders carry no pooler (the relevance heads read the [CLS] token and never use it).
+logging.getLogger("adapters.model_mixin").addFilter(_DropMessages("none are activated for the forward pass"))
+logging.getLogger("transformers.tokenization_utils_base").addFilter(_DropMessages("incorrect regex pattern"))
+logging.getLogger("transformers.modeling_utils").addFilter(_DropMessages("pooler", "TRAIN this model"))
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ADAPTER_CONFIG = "seq_bn"  # Pfeiffer bottleneck after the feed-forward block, as in the paper
