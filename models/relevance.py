@@ -133,11 +133,13 @@ class RelevanceModel:
         self.net.to(self.device)
         self.marketplaces.append(spec)
 
-    def add_fusion(self, adapter_names: Sequence[str], warm_start_from: str | None = None) -> str:
-        """A fusion over ``adapter_names`` (old first) with its own head; optionally copy Ψ_{t-1} into it.
+    def add_fusion(self, adapter_names: Sequence[str], warm_start_from: str | None = None,
+                   head_from: str | None = None) -> str:
+        """A fusion over ``adapter_names`` (old first) with its own head.
 
-        Fusion parameters do not depend on the number of adapters, so Ψ_{t-1}'s query, key and
-        value matrices fit Ψ_t exactly; the paper initialises randomly (the default).
+        ``warm_start_from`` copies Ψ_{t-1} into Ψ_t: fusion parameters do not depend on the number
+        of adapters, so its query, key and value matrices fit exactly (the paper starts from random).
+        ``head_from`` copies an existing head (the previous model's) into the new fusion's head.
         """
         name = fusion_name(adapter_names)
         self.net.add_adapter_fusion(Fuse(*adapter_names), config=FUSION_CONFIG)
@@ -148,7 +150,8 @@ class RelevanceModel:
                 if f"adapter_fusion_layer.{name}." in key:
                     source = key.replace(f"adapter_fusion_layer.{name}.", f"adapter_fusion_layer.{warm_start_from}.")
                     value.data.copy_(params[source].data)
-            self.net.heads[name].load_state_dict(self.net.heads[warm_start_from].state_dict())
+        if head_from is not None:
+            self.net.heads[name].load_state_dict(self.net.heads[head_from].state_dict())
         self.net.to(self.device)
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ class DistillConfig:
     weight: float = 1.0  # λ, the weight of L_AD
     omega: OmegaMode = "slice"  # eq. 9 literally; "renorm" renormalises over the old adapters
     warm_start: bool = False  # initialise Ψ_t from Ψ_{t-1}; the paper starts from random
+    head_init: Literal["previous", "random"] = "previous"  # the new fusion's head starts from M_{t-1}'s head
     cache_teacher: bool = True  # compute Ω_{t-1} once per example instead of every epoch
     regularization: bool = True  # AdapterFusion's value-matrix regulariser
 
@@ -167,7 +169,9 @@ def distill_fusion(
         raise ValueError(f"translated sets need distinct sources other than {TASK_SOURCE!r}, got {sources}")
     seed_everything(cfg.seed)
     teacher_fusion = model.fusion
-    student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None)
+    previous_head = teacher_fusion or names[0]  # M_{t-1}'s head: its fusion's, or the first adapter's at t = 2
+    student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None,
+                               head_from=previous_head if distill.head_init == "previous" else None)
     recorder = FusionAttentionRecorder(model.net, student)
     teacher = TeacherAttention(model, teacher_fusion, recorder.num_layers, cfg.precision)
     params = model.parameters_of(fusion=student, heads=[student])

@@ -139,3 +139,21 @@ def test_trainable_parameters_are_only_the_new_adapter_and_head(tiny_encoder, ma
     assert reports[0].fit.trainable_parameters == expected
     assert reports[0].trainable_fraction < 0.2
     assert all(not p.requires_grad for p in model.net.parameters())
+
+
+def test_fusion_warm_start_and_head_initialisation(tiny_encoder):
+    import torch
+
+    model = RelevanceModel.create(tiny_encoder)
+    for lang in ("en", "es", "fr"):
+        model.add_marketplace(MarketplaceSpec(lang, lang))
+    teacher = model.add_fusion(["en", "es"], head_from="en")
+    torch.testing.assert_close(model.net.heads[teacher].state_dict(), model.net.heads["en"].state_dict())
+    random_head = model.add_fusion(["en", "es", "fr"])
+    assert not torch.equal(next(iter(model.net.heads[random_head].parameters())),
+                           next(iter(model.net.heads[teacher].parameters())))
+    model.remove_fusion(random_head)
+    warm = model.add_fusion(["en", "es", "fr"], warm_start_from=teacher, head_from=teacher)
+    params = dict(model.net.named_parameters())
+    copied = [k for k in params if f"adapter_fusion_layer.{warm}." in k]
+    assert copied and all(torch.equal(params[k], params[k.replace(warm, teacher)]) for k in copied)

@@ -29,6 +29,7 @@ def train_sequence(
     distill_weight: Annotated[float, typer.Option(help="λ, the weight of L_AD (0 disables distillation).")] = 1.0,
     omega: Annotated[str, typer.Option(help="'slice' (eq. 9) or 'renorm' over old adapters.")] = "slice",
     warm_start: Annotated[bool, typer.Option(help="Initialise Ψ_t from Ψ_{t-1} instead of randomly.")] = False,
+    head_init: Annotated[str, typer.Option(help="The new fusion's head: 'previous' (copy M_{t-1}'s head) or 'random'.")] = "previous",
     cache_teacher: Annotated[bool, typer.Option(help="Compute teacher attention once and reuse it each epoch.")] = True,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default from settings).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
@@ -38,6 +39,8 @@ def train_sequence(
     configure_logging(verbose)
     if omega not in ("slice", "renorm"):
         raise typer.BadParameter("omega must be 'slice' or 'renorm'", param_hint="--omega")
+    if head_init not in ("previous", "random"):
+        raise typer.BadParameter("head-init must be 'previous' or 'random'", param_hint="--head-init")
     from models.stages import DistillConfig
     from models.sequence import LearnerConfig
     from models.training import TrainConfig
@@ -52,7 +55,8 @@ def train_sequence(
                             patience=patience, seed=seed),
         fusion=TrainConfig(epochs=fusion_epochs, batch_size=batch_size, learning_rate=fusion_lr,
                            patience=patience, seed=seed),
-        distill=DistillConfig(weight=distill_weight, omega=omega, warm_start=warm_start, cache_teacher=cache_teacher),
+        distill=DistillConfig(weight=distill_weight, omega=omega, warm_start=warm_start, head_init=head_init,
+                              cache_teacher=cache_teacher),
         max_length=max_length,
         device=device or settings.device,
     )
