@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import data, encoder, train
+from flows.commands import arrive, data, demo, encoder, train, translate
 
 app = typer.Typer(
     name="mcl",
@@ -19,6 +19,9 @@ app = typer.Typer(
 app.add_typer(encoder.app, name="encoder")
 app.add_typer(data.app, name="data")
 app.command("train-sequence")(train.train_sequence)
+app.command("translate")(translate.translate)
+app.command("arrive")(arrive.arrive)
+app.command("demo")(demo.demo)
 
 
 if __name__ == "__main__":

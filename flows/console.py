@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -24,7 +25,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 def matrix_table(marketplaces: list[str], matrix: np.ndarray, title: str = "ROC-AUC R[t][k]") -> Table:
     """Rows: after learning marketplace t; columns: evaluated on marketplace k."""
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("after \\ on", style="bold")
     for name in marketplaces:
         table.add_column(name, justify="right")

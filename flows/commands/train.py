@@ -65,7 +65,7 @@ def train_sequence(
         ref = resolve_settings_encoder(settings, encoder)
         result = run_sequence(data, ids, cfg, encoder=ref, translated_root=translated, limit=limit)
     except (DataValidationError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     m = result.metrics
     console.print(matrix_table(list(m.marketplaces), m.matrix))
