@@ -81,7 +81,8 @@ def _batch(model: RelevanceModel, source: str, n: int = 6):
     return PadCollator(model.tokenizer.pad_token_id, source)([enc[i] for i in range(n)])
 
 
-def test_gradient_reaches_student_query_and_key_and_nothing_frozen(tiny_encoder):
+def _distillation_setup(tiny_encoder):
+    """t = 3: teacher Ψ(en, es), a trainable student Ψ(en, es, fr), routing on the student."""
     model = _three_adapter_model(tiny_encoder)
     student = model.add_fusion(model.adapter_names)
     recorder = FusionAttentionRecorder(model.net, student)
@@ -89,6 +90,11 @@ def test_gradient_reaches_student_query_and_key_and_nothing_frozen(tiny_encoder)
     model.set_trainable(model.parameters_of(fusion=student, heads=[student]))
     model.activate(student)
     model.net.train()
+    return model, student, recorder, teacher
+
+
+def test_gradient_reaches_student_query_and_key_and_nothing_frozen(tiny_encoder):
+    model, student, recorder, teacher = _distillation_setup(tiny_encoder)
     loss_fn = distillation_loss(model, student, recorder, teacher, DistillConfig(regularization=False), False)
     loss, parts = loss_fn(_batch(model, "translated:en"))
     assert set(parts) == {"ad"} and parts["ad"] > 0
@@ -104,12 +110,7 @@ def test_gradient_reaches_student_query_and_key_and_nothing_frozen(tiny_encoder)
 
 
 def test_batches_are_routed_by_source(tiny_encoder):
-    model = _three_adapter_model(tiny_encoder)
-    student = model.add_fusion(model.adapter_names)
-    recorder = FusionAttentionRecorder(model.net, student)
-    teacher = TeacherAttention(model, "en,es", recorder.num_layers)
-    model.set_trainable(model.parameters_of(fusion=student, heads=[student]))
-    model.activate(student)
+    model, student, recorder, teacher = _distillation_setup(tiny_encoder)
     with_translations = distillation_loss(model, student, recorder, teacher, DistillConfig(), distill_task=False)
     without = distillation_loss(model, student, recorder, teacher, DistillConfig(), distill_task=True)
     _, task_parts = with_translations(_batch(model, "task"))
