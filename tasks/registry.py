@@ -1,0 +1,300 @@
+"""The MLflow model registry as the pipeline's state: which model is champion, what it knows, how it scored.
+
+Everything an arrival needs to continue the sequence lives on model-version tags, so any version
+can be inspected, re-evaluated or used as a teacher without local state:
+``marketplace_order``/``languages`` (the adapters, oldest first), ``data_hashes`` (train/valid/test
+content hashes per marketplace), ``auc.<id>`` (test ROC-AUC per marketplace), ``test_set.<id>``
+(artifact URI of each marketplace's test table, carried forward from the version that first
+stored it), ``parent_version`` and the gate's verdict. Aliases ``champion`` and ``challenger``
+mark what serves and what was refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from tasks.pyfunc import INPUT_COLUMNS, MODEL_ARTIFACT, RelevancePyfunc, encoder_config
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "relevance"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXPERIMENT = "marketplace-arrivals"
+PIP_REQUIREMENTS = ["marketplace-cl", "torch", "transformers", "adapters", "pandas", "mlflow"]
+
+PYFUNC_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
+    outputs=Schema([ColSpec("double", "score")]),
+    params=None,
+)
+
+
+def adapter_model_name(marketplace: str) -> str:
+    return f"adapter-{marketplace}"
+
+
+class ArrivalRefused(RuntimeError):
+    """An arrival the registry cannot take (a marketplace the champion already has, without replace)."""
+
+
+class PromotionRefused(RuntimeError):
+    """The gate kept the champion; the new version is registered as challenger."""
+
+    def __init__(self, version: str, reasons: Sequence[str]) -> None:
+        self.version = version
+        self.reasons = list(reasons)
+        super().__init__(f"version {version} of {MODEL_NAME!r} was not promoted (alias {CHALLENGER!r}): "
+                         + "; ".join(self.reasons))
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as the pipeline reads it back from its tags."""
+
+    version: str
+    run_id: str
+    source: str
+    marketplaces: list[str]
+    languages: list[str]
+    aucs: dict[str, float]
+    test_sets: dict[str, str]
+    data_hashes: dict[str, dict[str, str]]
+    parent: str | None
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+    checks: list[str]
+
+
+def setup_tracking(tracking_uri: str, artifact_location: str | None, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and make sure the experiment exists with our artifact root; returns its id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    try:
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently by another process
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _split(value: str | None) -> list[str]:
+    return [x for x in (value or "").split(",") if x]
+
+
+def version_info(client: MlflowClient, version: str, name: str = MODEL_NAME) -> VersionInfo:
+    mv = client.get_model_version(name, version)
+    tags = dict(mv.tags)
+    return VersionInfo(
+        version=str(mv.version),
+        run_id=mv.run_id,
+        source=mv.source,
+        marketplaces=_split(tags.get("marketplace_order")),
+        languages=_split(tags.get("languages")),
+        aucs={k.removeprefix("auc."): float(v) for k, v in tags.items() if k.startswith("auc.")},
+        test_sets={k.removeprefix("test_set."): v for k, v in tags.items() if k.startswith("test_set.")},
+        data_hashes=json.loads(tags.get("data_hashes", "{}")),
+        parent=tags.get("parent_version") or None,
+        aliases=list(mv.aliases),
+        tags=tags,
+    )
+
+
+def alias_version(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> VersionInfo | None:
+    """The version holding ``alias``, or None when the model or the alias does not exist yet."""
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return version_info(client, str(mv.version), name)
+
+
+def teacher_for_arrival(client: MlflowClient, marketplace: str, *, replace: bool) -> VersionInfo | None:
+    """The version an arrival of ``marketplace`` continues from (its teacher), or None for the first arrival.
+
+    Normally the champion. A marketplace the champion already has is refused unless ``replace``;
+    replacing is possible for the champion's most recent marketplace only, whose parent version
+    (the model before it arrived) becomes the teacher — an older marketplace sits under later
+    adapters and fusions trained with it, which cannot be unpicked.
+    """
+    champion = alias_version(client, CHAMPION)
+    if champion is None or marketplace not in champion.marketplaces:
+        return champion
+    if not replace:
+        raise ArrivalRefused(
+            f"marketplace {marketplace!r} is already in {MODEL_NAME}@{CHAMPION} (version {champion.version}, "
+            f"marketplaces {','.join(champion.marketplaces)}); pass replace=True (--replace) to retrain it"
+        )
+    if champion.marketplaces[-1] != marketplace:
+        raise ArrivalRefused(
+            f"only the most recent marketplace of the champion ({champion.marketplaces[-1]!r}) can be replaced; "
+            f"{marketplace!r} has later marketplaces built on it ({','.join(champion.marketplaces)})"
+        )
+    return version_info(client, champion.parent) if champion.parent else None
+
+
+def model_folder(info: VersionInfo, dest: Path, name: str = MODEL_NAME) -> Path:
+    """Download a version's pyfunc once and return the relevance model folder inside it."""
+    target = Path(dest) / f"{name}-v{info.version}"
+    if not (target / "MLmodel").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{info.version}", dst_path=str(tmp))
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.replace(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    flavor = Model.load(str(target / "MLmodel")).flavors["python_function"]
+    return target / flavor["artifacts"]["model"]["path"]
+
+
+def read_test_sets(info: VersionInfo, dest: Path) -> dict[str, pd.DataFrame]:
+    """Every marketplace's test table, from the artifact store, in marketplace order."""
+    tables = {}
+    for mid in info.marketplaces:
+        if mid not in info.test_sets:
+            raise MlflowException(f"{MODEL_NAME} version {info.version} has no test_set.{mid} tag")
+        path = mlflow.artifacts.download_artifacts(artifact_uri=info.test_sets[mid], dst_path=str(dest))
+        tables[mid] = pd.read_parquet(path)
+    return tables
+
+
+def promotion_decision(
+    champion: Mapping[str, float],
+    candidate: Mapping[str, float],
+    *,
+    new_marketplace: str | None,
+    adapter_auc: float | None,
+    max_regression: float = 0.01,
+    adapter_margin: float = 0.0,
+) -> GateDecision:
+    """Promote only if no old marketplace drops more than ``max_regression`` below the champion and the
+    new marketplace's fused score beats its adapter-only score by more than ``adapter_margin``.
+
+    ``adapter_auc`` is None when the candidate has no fusion (first arrival): then the model *is*
+    the adapter and there is nothing to beat.
+    """
+    reasons, checks = [], []
+    for mid, before in champion.items():
+        if mid == new_marketplace:
+            continue  # a replaced marketplace is judged against its adapter, not its old self
+        after = candidate.get(mid)
+        if after is None:
+            reasons.append(f"{mid}: not evaluated")
+            continue
+        line = f"{mid}: ROC-AUC {after:.4f} vs champion {before:.4f} (drop {before - after:+.4f}, max {max_regression})"
+        checks.append(line)
+        if before - after > max_regression + 1e-9:  # a drop of exactly max_regression is allowed
+            reasons.append(line)
+    if new_marketplace is not None and adapter_auc is not None:
+        fused = candidate[new_marketplace]
+        line = (f"{new_marketplace}: fused ROC-AUC {fused:.4f} vs adapter-only {adapter_auc:.4f} "
+                f"(must exceed it by more than {adapter_margin})")
+        checks.append(line)
+        if not fused > adapter_auc + adapter_margin:
+            reasons.append(line)
+    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
+
+
+def version_tags(
+    *,
+    parent: VersionInfo | None,
+    marketplaces: Sequence[str],
+    languages: Sequence[str],
+    aucs: Mapping[str, float],
+    test_sets: Mapping[str, str],
+    data_hashes: Mapping[str, Mapping[str, str]],
+    extra: Mapping[str, str] = {},
+) -> dict[str, str]:
+    """The tags a version carries; test-set URIs and data hashes of untouched marketplaces come from the parent."""
+    hashes = {**(parent.data_hashes if parent else {}), **{k: dict(v) for k, v in data_hashes.items()}}
+    uris = {**(parent.test_sets if parent else {}), **test_sets}
+    tags = {
+        "marketplace_order": ",".join(marketplaces),
+        "languages": ",".join(languages),
+        "data_hashes": json.dumps({m: hashes[m] for m in marketplaces if m in hashes}, sort_keys=True),
+        "parent_version": parent.version if parent else "",
+        **{f"auc.{k}": f"{v:.6f}" for k, v in aucs.items()},
+        **{f"test_set.{m}": uris[m] for m in marketplaces},
+        **extra,
+    }
+    return tags
+
+
+def log_relevance_pyfunc(
+    model_dir: Path,
+    encoder: object,
+    *,
+    registered_name: str,
+    tags: Mapping[str, str],
+) -> str:
+    """Log ``model_dir`` as a pyfunc into the active run, register it, tag the version; returns the version."""
+    info = mlflow.pyfunc.log_model(
+        name=registered_name,
+        python_model=RelevancePyfunc(),
+        artifacts={MODEL_ARTIFACT: str(model_dir)},
+        model_config={"encoder": encoder_config(encoder)},
+        registered_model_name=registered_name,
+        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from an example would load and run the model
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    return version
+
+
+def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME) -> str:
+    """Move ``champion`` to the version when it passed, otherwise mark it ``challenger``; returns the alias set."""
+    client.set_model_version_tag(name, version, "gate", "passed" if decision.passed else "failed")
+    client.set_model_version_tag(name, version, "gate_checks", " | ".join(decision.checks) or "first version")
+    if decision.reasons:
+        client.set_model_version_tag(name, version, "gate_reasons", " | ".join(decision.reasons))
+    alias = CHAMPION if decision.passed else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    log.info("%s version %s -> @%s", name, version, alias)
+    return alias
+
+
+def registry_state(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionInfo]:
+    """Every version of ``name``, oldest first (empty when nothing is registered yet)."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return sorted((version_info(client, str(v.version), name) for v in versions), key=lambda v: int(v.version))
+
+
+def lineage(client: MlflowClient, info: VersionInfo) -> list[VersionInfo]:
+    """``info`` and its ancestors through ``parent_version``, oldest first (the rows of R[t][k])."""
+    chain = [info]
+    while chain[-1].parent:
+        chain.append(version_info(client, chain[-1].parent))
+    return chain[::-1]

@@ -1,0 +1,147 @@
+"""What a reviewer reads in the MLflow UI: the ROC-AUC matrix heatmap, fusion attention by language,
+ROC curves and a model card. Figures are built with matplotlib's object API (no global pyplot
+state, safe in worker threads) and logged with ``mlflow.log_figure``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+if TYPE_CHECKING:
+    from tasks.pipeline import Evaluation
+
+
+def auc_matrix(rows: Sequence[tuple[str, Mapping[str, float]]], marketplaces: Sequence[str]) -> pd.DataFrame:
+    """R[t][k] as a table: one row per model in the lineage (labelled by what it added), NaN where not learnt yet."""
+    return pd.DataFrame([[aucs.get(m, np.nan) for m in marketplaces] for _, aucs in rows],
+                        index=[label for label, _ in rows], columns=list(marketplaces), dtype=float)
+
+
+def heatmap_figure(matrix: pd.DataFrame, title: str = "ROC-AUC R[t][k]") -> Figure:
+    fig = Figure(figsize=(1.2 + 1.1 * matrix.shape[1], 1.0 + 0.8 * matrix.shape[0]))
+    ax = fig.add_subplot()
+    values = matrix.to_numpy(dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.5, vmax=1.0)
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns)
+    ax.set_yticks(range(matrix.shape[0]), [f"after {r}" for r in matrix.index])
+    ax.set_xlabel("evaluated on")
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.8 else "black")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(profile: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Grouped bars: for each marketplace's text, the mean fusion attention each adapter receives."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    texts = list(profile)
+    adapters = list(next(iter(profile.values()))) if profile else []
+    width = 0.8 / max(len(adapters), 1)
+    for i, adapter in enumerate(adapters):
+        ax.bar(np.arange(len(texts)) + i * width, [profile[t][adapter] for t in texts], width, label=f"adapter {adapter}")
+    ax.set_xticks(np.arange(len(texts)) + width * (len(adapters) - 1) / 2, [f"{t} text" for t in texts])
+    ax.set_ylabel("mean fusion attention")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small")
+    ax.set_title("fusion attention by language")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(labels: Mapping[str, Sequence[int]], scores: Mapping[str, Sequence[float]],
+               aucs: Mapping[str, float]) -> Figure:
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    for mid in labels:
+        fpr, tpr, _ = roc_curve(np.asarray(labels[mid]), np.asarray(scores[mid]))
+        ax.plot(fpr, tpr, label=f"{mid} (AUC {aucs[mid]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize="small")
+    ax.set_title("ROC curves per marketplace")
+    fig.tight_layout()
+    return fig
+
+
+def log_evaluation_figures(evaluation: Evaluation) -> None:
+    """ROC curves and the attention plot of one evaluation, into the active run."""
+    mlflow.log_figure(roc_figure(evaluation.labels, evaluation.scores, evaluation.aucs), "roc_curves.png")
+    if evaluation.attention:
+        mlflow.log_figure(attention_figure(evaluation.attention), "fusion_attention_by_language.png")
+        mlflow.log_dict(evaluation.attention, "fusion_attention.json")
+
+
+def _table(matrix: pd.DataFrame) -> str:
+    header = "| after \\ on | " + " | ".join(matrix.columns) + " |"
+    rule = "|---" * (matrix.shape[1] + 1) + "|"
+    rows = ["| " + str(idx) + " | " + " | ".join("" if np.isnan(v) else f"{v:.4f}" for v in row) + " |"
+            for idx, row in zip(matrix.index, matrix.to_numpy(dtype=float), strict=True)]
+    return "\n".join([header, rule, *rows])
+
+
+def model_card(
+    *,
+    version: str,
+    alias: str,
+    marketplaces: Sequence[tuple[str, str]],
+    encoder: str,
+    matrix: pd.DataFrame,
+    gate_checks: Sequence[str],
+    gate_reasons: Sequence[str],
+    stages: Sequence[Mapping[str, Any]],
+    attention: Mapping[str, Mapping[str, float]],
+    data_hashes: Mapping[str, Mapping[str, str]],
+) -> str:
+    """The markdown a reviewer reads before promoting: what the model knows, how it scores, what the gate said."""
+    lines = [
+        f"# relevance v{version} (@{alias})",
+        "",
+        "Multilingual query–product relevance model grown by continual learning: frozen encoder, one Pfeiffer "
+        "language adapter per marketplace, AdapterFusion trained with attention distillation "
+        "(*Multilingual Continual Learning using Attention Distillation*).",
+        "",
+        f"- **Encoder**: `{encoder}` (frozen)",
+        "- **Marketplaces (arrival order)**: " + ", ".join(f"`{m}` ({lang})" for m, lang in marketplaces),
+        "- **Intended use**: score (marketplace, query, product_title) rows; P(relevant) in the `score` column.",
+        "",
+        "## ROC-AUC matrix R[t][k]",
+        "",
+        _table(matrix),
+        "",
+        "## Promotion gate",
+        "",
+        *(f"- {c}" for c in gate_checks or ["first version: nothing to compare"]),
+        "",
+        f"**Verdict**: {'passed' if not gate_reasons else 'refused: ' + '; '.join(gate_reasons)}",
+        "",
+        "## Training stages",
+        "",
+        "| stage | marketplace | trainable parameters | best valid ROC-AUC | epochs | examples/s |",
+        "|---|---|---|---|---|---|",
+        *(f"| {s['stage']} | {s['marketplace']} | {s['fit']['trainable_parameters']:,} | "
+          f"{s['fit']['best_metric']:.4f} | {s['fit']['epochs_run']} | {s['fit']['examples_per_second']:.1f} |"
+          for s in stages),
+        "",
+    ]
+    if attention:
+        lines += ["## Mean fusion attention (rows: text of; columns: adapter)", ""]
+        lines += [f"- `{mid}`: " + ", ".join(f"{a} {v:.3f}" for a, v in shares.items()) for mid, shares in attention.items()]
+        lines.append("")
+    lines += ["## Data (content hashes)", ""]
+    lines += [f"- `{mid}`: " + ", ".join(f"{split} `{h[:12]}`" for split, h in hashes.items())
+              for mid, hashes in data_hashes.items()]
+    lines += ["", "Limitations: scores are calibrated on the marketplaces above only; a marketplace not listed is "
+              "refused at prediction time."]
+    return "\n".join(lines) + "\n"

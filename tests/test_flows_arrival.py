@@ -1,0 +1,300 @@
+"""The marketplace-arrival flow under a real (ephemeral) Prefect server with tiny models and a temporary
+SQLite MLflow: registry states after gate pass and fail, a refused repeat, resuming after a crash in the
+fusion step without retraining the adapter, and the champion pyfunc scoring rows in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_pairs
+
+FAST = {"adapter_epochs": 2, "fusion_epochs": 1, "batch_size": 16, "max_length": 16, "translate_fraction": 0.0}
+LENIENT = {"max_regression": 1.0, "adapter_margin": -1.0}  # the gate passes whatever tiny models score
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
+            yield
+
+
+@pytest.fixture()
+def mcl(tmp_path, monkeypatch, prefect_server):
+    """Fresh cache, tracking store and artifact root per test; MLflow pointed at them."""
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MCL_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MCL_ARTIFACT_LOCATION", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MCL_DEVICE", "cpu")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def write_marketplace(root: Path, lang: str, n: int = 64) -> dict[str, str]:
+    folder = root / "data" / lang
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for seed, split in enumerate(("train", "valid", "test"), start=1):
+        pairs = make_pairs(lang, n if split == "train" else n // 2, seed)
+        path = folder / f"{split}.parquet"
+        titles = [f"{t} {i}" for i, t in enumerate(pairs.titles)]  # the data contract refuses duplicate pairs
+        pd.DataFrame({"query": pairs.queries, "product_title": titles, "label": pairs.labels}).to_parquet(path)
+        paths[split] = str(path)
+    return paths
+
+
+def arrive(root: Path, encoder, lang: str, **options):
+    from flows.arrival import marketplace_arrival
+
+    return marketplace_arrival(marketplace=lang, language=lang, **write_marketplace(root, lang), encoder=str(encoder.path),
+                               **{**FAST, **options})
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, tiny_encoder):
+    from tasks import registry
+
+    first = arrive(mcl, tiny_encoder, "en")
+    assert first["version"] == "1" and first["alias"] == "champion" and first["adapter_auc"] is None
+    second = arrive(mcl, tiny_encoder, "es", **LENIENT)
+    assert second["version"] == "2" and second["alias"] == "champion"
+    assert set(second["aucs"]) == {"en", "es"} and 0.0 <= second["adapter_auc"] <= 1.0
+
+    c = client()
+    champion = registry.alias_version(c, registry.CHAMPION)
+    assert champion.version == "2"
+    assert champion.marketplaces == ["en", "es"] and champion.languages == ["en", "es"]
+    assert champion.parent == "1"
+    assert champion.tags["gate"] == "passed"
+    assert set(champion.data_hashes) == {"en", "es"} and set(champion.data_hashes["es"]) == {"train", "valid", "test"}
+    assert champion.aucs["es"] == pytest.approx(second["aucs"]["es"], abs=1e-6)
+    # old test sets are referenced from the artifact store and can be read back for re-evaluation
+    tests = registry.read_test_sets(champion, mcl / "readback")
+    assert list(tests) == ["en", "es"] and len(tests["en"]) == 32
+    assert champion.test_sets["en"] == registry.version_info(c, "1").test_sets["en"]
+    for mid in ("en", "es"):
+        (adapter,) = c.search_model_versions(f"name = 'adapter-{mid}'")
+        assert adapter.tags["marketplace_order"] == mid
+    # the arrival run has one nested run per step and the reviewer artifacts
+    runs = c.search_runs([c.get_experiment_by_name(registry.EXPERIMENT).experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{second['run_id']}'")
+    assert {r.info.run_name for r in runs} == {"translate-subset", "train-new-language-adapter",
+                                               "attention-distill-fusion", "evaluate", "register"}
+    artifacts = {a.path for a in c.list_artifacts(second["run_id"])}
+    assert {"roc_auc_matrix.png", "model_card.md", "roc_auc_matrix.json", "roc_curves.png",
+            "fusion_attention_by_language.png"} <= artifacts
+    evaluate_run = next(r for r in runs if r.info.run_name == "evaluate")
+    assert {"roc_curves.png", "fusion_attention.json"} <= {a.path for a in c.list_artifacts(evaluate_run.info.run_id)}
+    assert evaluate_run.data.metrics["test_auc.es"] == pytest.approx(second["aucs"]["es"])
+    datasets = c.get_run(second["run_id"]).inputs.dataset_inputs
+    assert {d.dataset.name for d in datasets} == {"es-train", "es-valid", "es-test"}
+    card = Path(c.download_artifacts(second["run_id"], "model_card.md", str(mcl))).read_text()
+    assert "relevance v2 (@champion)" in card and "`es` (es)" in card
+
+    with pytest.raises(registry.ArrivalRefused, match="already in relevance@champion"):
+        arrive(mcl, tiny_encoder, "es", **LENIENT)
+    assert len(registry.registry_state(c)) == 2
+    assert registry.alias_version(c, registry.CHAMPION).version == "2"
+
+    # pyfunc from the registry, in a fresh interpreter, scores rows like the in-process model
+    rows = pd.DataFrame({"marketplace": ["en", "es", "es"], "query": ["red shoe", "rojo zapato", "azul taza"],
+                         "product_title": ["shoe blue deluxe", "zapato verde deluxe", "reloj rojo deluxe"]})
+    script = (
+        "import sys, json, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({os.environ['MCL_TRACKING_URI']!r})\n"
+        "model = mlflow.pyfunc.load_model('models:/relevance@champion')\n"
+        "rows = pd.read_json(sys.stdin)\n"
+        "print(json.dumps(model.predict(rows)['score'].tolist()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=rows.to_json(), capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    from models.pairs import Pairs
+    from models.relevance import RelevanceModel
+
+    local = RelevanceModel.load(registry.model_folder(champion, mcl / "dl"), _ref(c, champion, tiny_encoder))
+    expected = local.predict_proba(Pairs(rows["query"].tolist(), rows["product_title"].tolist(), [0, 0, 0]))
+    assert scores == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def _ref(c, info, tiny_encoder):
+    from models.encoders import EncoderRef
+
+    return EncoderRef(info.tags["encoder"], tiny_encoder.path, info.tags["encoder_checksum"])
+
+
+def test_gate_failure_registers_a_challenger_and_keeps_the_champion(mcl, tiny_encoder):
+    from tasks import registry
+
+    arrive(mcl, tiny_encoder, "en")
+    with pytest.raises(registry.PromotionRefused, match="must exceed it by more than 1.0") as refused:
+        arrive(mcl, tiny_encoder, "es", max_regression=1.0, adapter_margin=1.0)
+    assert refused.value.version == "2"
+    c = client()
+    assert registry.alias_version(c, registry.CHAMPION).version == "1"
+    challenger = registry.alias_version(c, registry.CHALLENGER)
+    assert challenger.version == "2" and challenger.tags["gate"] == "failed"
+    assert "adapter-only" in challenger.tags["gate_reasons"]
+    # the next arrival still builds on the champion (en only), not on the refused challenger
+    third = arrive(mcl, tiny_encoder, "fr", **LENIENT)
+    assert third["version"] == "3" and set(third["aucs"]) == {"en", "fr"}
+    assert registry.alias_version(c, registry.CHAMPION).marketplaces == ["en", "fr"]
+
+
+def test_rerun_after_a_fusion_crash_resumes_without_retraining_the_adapter(mcl, tiny_encoder, monkeypatch):
+    import models.stages as stages
+    from tasks import registry
+
+    arrive(mcl, tiny_encoder, "en")
+    calls = {"adapter": 0, "fusion": 0}
+    real_adapter, real_fusion = stages.train_language_adapter, stages.distill_fusion
+
+    def counting_adapter(*args, **kwargs):
+        calls["adapter"] += 1
+        return real_adapter(*args, **kwargs)
+
+    def crashing_fusion(*args, **kwargs):
+        calls["fusion"] += 1
+        raise RuntimeError("injected crash in the fusion step")
+
+    monkeypatch.setattr(stages, "train_language_adapter", counting_adapter)
+    monkeypatch.setattr(stages, "distill_fusion", crashing_fusion)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        arrive(mcl, tiny_encoder, "es", **LENIENT)
+    assert calls == {"adapter": 1, "fusion": 1}
+    assert registry.alias_version(client(), registry.CHAMPION).version == "1"
+
+    monkeypatch.setattr(stages, "distill_fusion", real_fusion)
+    result = arrive(mcl, tiny_encoder, "es", **LENIENT)
+    assert calls["adapter"] == 1  # served from the task cache
+    assert result["version"] == "2" and result["alias"] == "champion"
+
+
+def test_watcher_flow_emits_one_event_per_ready_folder_across_runs(mcl, monkeypatch):
+    import flows.watcher as watcher
+    from prefect.variables import Variable
+
+    zone = mcl / "landing"
+    write_marketplace(zone.parent, "es")
+    (zone).mkdir()
+    (mcl / "data" / "es").rename(zone / "es")
+    (zone / "es" / "_READY").write_text('{"language": "es"}')
+    (zone / "fr").mkdir()
+    (zone / "fr" / "train.parquet").write_bytes(b"half")  # half-written: no marker yet
+    events = []
+    monkeypatch.setattr(watcher, "emit_event", lambda **event: events.append(event))
+    state = f"mcl_test_{mcl.name.lower().replace('-', '_')}"
+    assert watcher.landing_watcher(str(zone), state_variable=state) == ["es"]
+    assert watcher.landing_watcher(str(zone), state_variable=state) == []
+    assert len(events) == 1 and events[0]["event"] == "marketplace.arrived"
+    assert events[0]["resource"]["prefect.resource.id"] == "mcl.marketplace.es"
+    assert events[0]["payload"] == {"marketplace": "es", "language": "es", "train": str(zone / "es" / "train.parquet"),
+                                    "valid": str(zone / "es" / "valid.parquet"), "test": str(zone / "es" / "test.parquet")}
+    assert len(Variable.get(state)) == 1
+
+
+def test_s3_data_and_artifacts_on_a_real_s3_api(mcl, tiny_encoder, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    from tasks import registry
+    from tasks.settings import get_settings
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint,
+                           "MCL_S3_ENDPOINT_URL": endpoint, "MCL_ARTIFACT_LOCATION": "s3://mlflow/artifacts"}.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="mlflow")
+        s3.create_bucket(Bucket="data")
+        local = write_marketplace(mcl, "en")
+        remote = {}
+        for split, path in local.items():
+            s3.upload_file(path, "data", f"en/{split}.parquet")
+            remote[split] = f"s3://data/en/{split}.parquet"
+        from flows.arrival import marketplace_arrival
+
+        result = marketplace_arrival(marketplace="en", language="en", **remote, encoder=str(tiny_encoder.path), **FAST)
+        champion = registry.alias_version(client(), registry.CHAMPION)
+        assert result["version"] == champion.version == "1"
+        assert champion.test_sets["en"].startswith("s3://mlflow/artifacts/")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow")["Contents"]]
+        assert any(k.endswith("test_sets/en.parquet") for k in keys)
+        assert any(k.endswith("manifest.json") for k in keys)  # the model folder inside the pyfunc
+        assert len(registry.read_test_sets(champion, mcl / "back")["en"]) == 32
+        assert registry.model_folder(champion, mcl / "dl").joinpath("manifest.json").is_file()
+    finally:
+        server.stop()
+
+
+def test_mcl_arrive_reports_bad_input_and_exits_1(mcl, tiny_encoder):
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.commands.arrive import arrive as arrive_command
+
+    paths = write_marketplace(mcl, "en")
+    broken = Path(paths["train"]).with_name("broken.csv")
+    broken.write_text("query,product_title,label\nred shoe,shoe red,maybe\nblue cup,cup blue,0\n")
+    app = typer.Typer()
+    app.command()(arrive_command)
+    result = CliRunner().invoke(app, ["--marketplace", "en", "--language", "en", "--train", str(broken),
+                                      "--valid", paths["valid"], "--test", paths["test"],
+                                      "--encoder", str(tiny_encoder.path)])
+    assert result.exit_code == 1
+    assert "broken.csv" in result.output and "label" in result.output and "maybe" in result.output
+    assert registry_versions() == []
+
+
+def registry_versions():
+    from tasks import registry
+
+    assert os.environ["MCL_TRACKING_URI"].startswith("sqlite:///")
+    registry.setup_tracking(os.environ["MCL_TRACKING_URI"], os.environ["MCL_ARTIFACT_LOCATION"])
+    return registry.registry_state(client())
+
+
+def test_scheduled_retraining_replaces_the_latest_marketplace_from_fresh_data(mcl, tiny_encoder, monkeypatch):
+    from flows.retrain import scheduled_retraining
+    from tasks import registry
+
+    fresh = mcl / "fresh"
+    assert scheduled_retraining(str(fresh)) is None  # no champion yet
+    arrive(mcl, tiny_encoder, "en")
+    fresh.mkdir()
+    assert scheduled_retraining(str(fresh)) is None  # no fresh data for en
+    monkeypatch.setenv("MCL_ENCODER", str(tiny_encoder.path))
+    from tasks.settings import get_settings
+
+    get_settings.cache_clear()
+    (mcl / "data" / "en").rename(fresh / "en")
+    (fresh / "en" / "_READY").write_text('{"language": "en"}')
+    result = scheduled_retraining(str(fresh), adapter_epochs=1, fusion_epochs=1, batch_size=16, max_length=16)
+    assert result["version"] == "2" and result["alias"] == "champion"
+    champion = registry.alias_version(client(), registry.CHAMPION)
+    assert champion.marketplaces == ["en"] and champion.parent is None

@@ -1,0 +1,118 @@
+"""The registry's rules without training: the promotion gate's arithmetic, tag carry-forward, and which
+version an arrival continues from (refused repeats, replacing the most recent marketplace)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import registry
+from tasks.registry import ArrivalRefused, promotion_decision
+
+
+def test_gate_passes_within_max_regression_and_when_fusion_beats_the_adapter():
+    d = promotion_decision({"en": 0.90, "es": 0.85}, {"en": 0.891, "es": 0.86, "fr": 0.80},
+                           new_marketplace="fr", adapter_auc=0.79)
+    assert d.passed and d.reasons == [] and len(d.checks) == 3
+
+
+@pytest.mark.parametrize(("candidate", "adapter_auc", "failing"), [
+    ({"en": 0.8889, "es": 0.86, "fr": 0.80}, 0.79, "en"),   # en drops 0.0111 > 0.01
+    ({"en": 0.90, "es": 0.86, "fr": 0.80}, 0.80, "fr"),     # fused equals adapter-only: does not beat it
+    ({"es": 0.86, "fr": 0.80}, 0.70, "en: not evaluated"),
+])
+def test_gate_refuses_with_the_reason(candidate, adapter_auc, failing):
+    d = promotion_decision({"en": 0.90, "es": 0.85}, candidate, new_marketplace="fr", adapter_auc=adapter_auc)
+    assert not d.passed and len(d.reasons) == 1 and d.reasons[0].startswith(failing)
+
+
+def test_gate_margins_and_first_version():
+    assert promotion_decision({}, {"en": 0.6}, new_marketplace="en", adapter_auc=None).passed
+    assert not promotion_decision({"en": 0.9}, {"en": 0.85, "es": 0.9}, new_marketplace="es", adapter_auc=0.8,
+                                  max_regression=0.04).passed
+    assert promotion_decision({"en": 0.9}, {"en": 0.85, "es": 0.9}, new_marketplace="es", adapter_auc=0.8,
+                              max_regression=0.05).passed
+    assert not promotion_decision({"en": 0.9}, {"en": 0.9, "es": 0.9}, new_marketplace="es", adapter_auc=0.85,
+                                  adapter_margin=0.05).passed
+    # a replaced marketplace is judged against its adapter, not against the champion's old score for it
+    assert promotion_decision({"en": 0.9, "es": 0.95}, {"en": 0.9, "es": 0.7}, new_marketplace="es",
+                              adapter_auc=0.6).passed
+
+
+def _info(version, marketplaces, parent=None, test_sets=None, hashes=None):
+    return registry.VersionInfo(version=version, run_id="r", source="s", marketplaces=marketplaces,
+                                languages=marketplaces, aucs={}, test_sets=test_sets or {}, data_hashes=hashes or {},
+                                parent=parent)
+
+
+def test_version_tags_carry_test_sets_and_hashes_forward():
+    parent = _info("1", ["en"], test_sets={"en": "s3://b/en.parquet"}, hashes={"en": {"train": "a"}})
+    tags = registry.version_tags(parent=parent, marketplaces=["en", "es"], languages=["en", "es"],
+                                 aucs={"en": 0.9, "es": 0.8}, test_sets={"es": "s3://b/es.parquet"},
+                                 data_hashes={"es": {"train": "b"}})
+    assert tags["test_set.en"] == "s3://b/en.parquet" and tags["test_set.es"] == "s3://b/es.parquet"
+    assert tags["marketplace_order"] == "en,es" and tags["parent_version"] == "1"
+    assert tags["auc.es"] == "0.800000"
+    assert '"en": {"train": "a"}' in tags["data_hashes"] and '"es": {"train": "b"}' in tags["data_hashes"]
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    registry.setup_tracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    client = MlflowClient()
+    client.create_registered_model(registry.MODEL_NAME)
+    for version, order, parent in (("1", "en", ""), ("2", "en,es", "1")):
+        client.create_model_version(registry.MODEL_NAME, str(tmp_path), tags={
+            "marketplace_order": order, "languages": order, "parent_version": parent})
+    client.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, "2")
+    yield client
+    mlflow.set_tracking_uri(None)
+
+
+def test_teacher_for_arrival(mlflow_store):
+    client = mlflow_store
+    assert registry.teacher_for_arrival(client, "fr", replace=False).version == "2"
+    with pytest.raises(ArrivalRefused, match="'es' is already in relevance@champion .*--replace"):
+        registry.teacher_for_arrival(client, "es", replace=False)
+    assert registry.teacher_for_arrival(client, "es", replace=True).version == "1"
+    with pytest.raises(ArrivalRefused, match="only the most recent marketplace"):
+        registry.teacher_for_arrival(client, "en", replace=True)
+    assert [v.version for v in registry.lineage(client, registry.alias_version(client, registry.CHAMPION))] == ["1", "2"]
+    assert [v.aliases for v in registry.registry_state(client)] == [[], ["champion"]]
+
+
+def test_empty_registry_has_no_champion(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    registry.setup_tracking(f"sqlite:///{tmp_path}/empty.db", str(tmp_path / "a"))
+    client = MlflowClient()
+    assert registry.alias_version(client, registry.CHAMPION) is None
+    assert registry.teacher_for_arrival(client, "en", replace=False) is None
+    assert registry.registry_state(client) == []
+
+
+def test_pyfunc_scores_rows_and_refuses_what_it_cannot_score(tiny_encoder):
+    import pandas as pd
+
+    from models.relevance import MarketplaceSpec, RelevanceModel
+    from tasks.pyfunc import PyfuncInputError, RelevancePyfunc
+
+    model = RelevanceModel.create(tiny_encoder, max_length=16)
+    model.add_marketplace(MarketplaceSpec("en", "en"))
+    pyfunc = RelevancePyfunc()
+    pyfunc.model = model
+    rows = pd.DataFrame({"marketplace": ["en", "en"], "query": ["red shoe", "blue cup"],
+                         "product_title": ["shoe red deluxe", "lamp green deluxe"]}, index=[7, 3])
+    fused = pyfunc.predict(None, rows)
+    assert list(fused.columns) == ["score"] and len(fused) == 2
+    assert ((fused["score"] > 0) & (fused["score"] < 1)).all()
+    by_adapter = pyfunc.predict(None, rows, params={"mode": "adapter"})
+    assert by_adapter["score"].tolist() == pytest.approx(fused["score"].tolist(), abs=1e-6)
+    with pytest.raises(PyfuncInputError, match=r"marketplace\(s\) \['jp'\] are not in this model"):
+        pyfunc.predict(None, rows.assign(marketplace=["en", "jp"]))
+    with pytest.raises(PyfuncInputError, match=r"missing column\(s\) \['product_title'\]"):
+        pyfunc.predict(None, rows.drop(columns="product_title"))
+    with pytest.raises(PyfuncInputError, match="mode 'x'"):
+        pyfunc.predict(None, rows, params={"mode": "x"})
