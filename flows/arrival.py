@@ -18,10 +18,9 @@ from prefect import flow
 
 from models.relevance import MarketplaceSpec
 from models.sequence import LearnerConfig
-from models.stages import DistillConfig
-from models.training import TrainConfig
 from tasks import registry, reporting
 from tasks.hashing import fingerprint, folder_hash, table_hash
+from tasks.learner import learner_config
 from tasks.pipeline import (
     Evaluation,
     Registration,
@@ -39,31 +38,6 @@ from tasks.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-
-
-def learner_config(
-    *,
-    adapter_epochs: int = 5,
-    fusion_epochs: int = 5,
-    batch_size: int = 32,
-    adapter_lr: float = 1e-3,
-    fusion_lr: float = 1e-4,
-    patience: int = 2,
-    max_length: int = 64,
-    distill_weight: float = 1.0,
-    seed: int = 13,
-    device: str = "auto",
-) -> LearnerConfig:
-    """The flow's flat parameters (what a deployment form shows) as the learner's configuration."""
-    return LearnerConfig(
-        adapter=TrainConfig(epochs=adapter_epochs, batch_size=batch_size, learning_rate=adapter_lr,
-                            patience=patience, seed=seed),
-        fusion=TrainConfig(epochs=fusion_epochs, batch_size=batch_size, learning_rate=fusion_lr,
-                           patience=patience, seed=seed),
-        distill=DistillConfig(weight=distill_weight),
-        max_length=max_length,
-        device=device,
-    )
 
 
 def start_tracking(settings: Settings) -> None:

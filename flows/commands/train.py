@@ -37,29 +37,20 @@ def train_sequence(
 ) -> None:
     """Run stages 2-4 of the method for a sequence of marketplaces and print R, average, BWT and forgetting."""
     configure_logging(verbose)
-    if omega not in ("slice", "renorm"):
-        raise typer.BadParameter("omega must be 'slice' or 'renorm'", param_hint="--omega")
-    if head_init not in ("previous", "random"):
-        raise typer.BadParameter("head-init must be 'previous' or 'random'", param_hint="--head-init")
-    from models.stages import DistillConfig
-    from models.sequence import LearnerConfig
-    from models.training import TrainConfig
     from tasks.data import DataValidationError
-    from tasks.learner import resolve_settings_encoder, run_sequence
+    from tasks.learner import learner_config, resolve_settings_encoder, run_sequence
     from tasks.settings import get_settings
 
     settings = get_settings()
-    seed = settings.seed if seed is None else seed
-    cfg = LearnerConfig(
-        adapter=TrainConfig(epochs=adapter_epochs, batch_size=batch_size, learning_rate=adapter_lr,
-                            patience=patience, seed=seed),
-        fusion=TrainConfig(epochs=fusion_epochs, batch_size=batch_size, learning_rate=fusion_lr,
-                           patience=patience, seed=seed),
-        distill=DistillConfig(weight=distill_weight, omega=omega, warm_start=warm_start, head_init=head_init,
-                              cache_teacher=cache_teacher),
-        max_length=max_length,
-        device=device or settings.device,
-    )
+    try:
+        cfg = learner_config(
+            adapter_epochs=adapter_epochs, fusion_epochs=fusion_epochs, batch_size=batch_size, adapter_lr=adapter_lr,
+            fusion_lr=fusion_lr, patience=patience, max_length=max_length, distill_weight=distill_weight, omega=omega,
+            warm_start=warm_start, head_init=head_init, cache_teacher=cache_teacher,
+            seed=settings.seed if seed is None else seed, device=device or settings.device,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     ids = [x.strip() for x in order.split(",") if x.strip()]
     try:
         ref = resolve_settings_encoder(settings, encoder)
