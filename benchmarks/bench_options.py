@@ -6,6 +6,7 @@ they are trained once and every variant replays the fusion stages on them:
   - default: L_AD with ω as the raw slice (eq. 9), Ψ_t random, translated subsets (fraction 0.3)
   - renorm:  ω renormalised over the old adapters
   - warm:    Ψ_t warm-started from Ψ_{t-1}
+  - random-head: the new fusion's head starts random instead of from M_{t-1}'s head
   - no-ad:   the same fusion training without L_AD (λ = 0)
   - no-translation: the paper's §4.2 variant (D_t batches get CE + L_AD)
 Translations come from the project's translation stage (`backend=auto`: Apertium here).
@@ -45,6 +46,7 @@ VARIANTS = {
     "default": (DistillConfig(), True),
     "renorm": (DistillConfig(omega="renorm"), True),
     "warm": (DistillConfig(warm_start=True), True),
+    "random-head": (DistillConfig(head_init="random"), True),
     "no-ad": (DistillConfig(weight=0.0), True),
     "no-translation": (DistillConfig(), False),
 }
