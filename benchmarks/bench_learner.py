@@ -48,6 +48,7 @@ class Args:
     batch_size: int = 32
     max_length: int = 48
     device: str = "cpu"
+    fusion_micro_batch: int = 16  # the learner's default for stage 3 (0: whole batches)
     out: str = ""
     probe: str = ""  # internal: run one stage in this process and print its peak memory
 
@@ -83,8 +84,9 @@ def _setup(args: Args):
     return model, new.spec, train, valid, translated
 
 
-def _cfg(args: Args, lr: float) -> TrainConfig:
-    return TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=lr, patience=5)
+def _cfg(args: Args, lr: float, micro_batch_size: int | None = None) -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=lr, patience=5,
+                       micro_batch_size=micro_batch_size)
 
 
 def _fusion_run(args: Args, distill: DistillConfig, translated: bool, translated_as_task: bool = False) -> dict:
@@ -101,7 +103,7 @@ def _fusion_run(args: Args, distill: DistillConfig, translated: bool, translated
                       [*train.labels, *(y for t in trans for y in t.labels)])
         trans, translated = [], False
     t0 = time.perf_counter()
-    report = distill_fusion(model, train, valid, trans if translated else [], _cfg(args, 1e-4), distill)
+    report = distill_fusion(model, train, valid, trans if translated else [], _cfg(args, 1e-4, args.fusion_micro_batch), distill)
     return {"wall_s": time.perf_counter() - t0, "train_s": report.fit.train_seconds,
             "examples_per_s": report.fit.examples_per_second, "trainable": report.fit.trainable_parameters,
             "total": report.total_parameters}
@@ -117,7 +119,7 @@ def probe(args: Args) -> dict:
         report = train_language_adapter(model, spec, train, valid, _cfg(args, 1e-3))
     else:
         model.add_marketplace(spec)
-        report = distill_fusion(model, train, valid, trans, _cfg(args, 1e-4), DistillConfig())
+        report = distill_fusion(model, train, valid, trans, _cfg(args, 1e-4, args.fusion_micro_batch), DistillConfig())
     out = {"stage": args.probe, "rss_before_mb": base_rss, "peak_rss_mb": _peak_rss_mb(),
            "examples_per_s": report.fit.examples_per_second, "trainable": report.fit.trainable_parameters,
            "total": report.total_parameters, "hidden": model.net.config.hidden_size}

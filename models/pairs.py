@@ -103,6 +103,20 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def split(self, size: int) -> list[Batch]:
+        """Micro-batches of at most ``size`` rows, each trimmed to its own longest sequence."""
+        if size >= len(self):
+            return [self]
+        parts = []
+        for start in range(0, len(self), size):
+            rows = slice(start, start + size)
+            mask = self.attention_mask[rows]
+            width = int(mask.sum(dim=1).max())
+            cut = lambda t: None if t is None else t[rows, :width]  # noqa: E731
+            parts.append(Batch(cut(self.input_ids), mask[:, :width], cut(self.token_type_ids),
+                               self.labels[rows], self.index[rows], self.source))
+        return parts
+
 
 class PadCollator:
     """Right-pads a list of items into a :class:`Batch`."""

@@ -43,7 +43,9 @@ class LearnerConfig:
     """Everything one arrival needs besides data (paper: 5 + 5 epochs with early stopping)."""
 
     adapter: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-3))
-    fusion: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4))
+    # AdapterFusion keeps every adapter's output and its key/value projections per layer for the backward pass;
+    # micro-batches of 16 keep stage 3's peak memory near stage 2's at the same batch size.
+    fusion: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, micro_batch_size=16))
     distill: DistillConfig = field(default_factory=DistillConfig)
     max_length: int = 64
     device: str = "auto"

@@ -36,6 +36,7 @@ def learner_config(
     warm_start: bool = False,
     head_init: str = "previous",
     cache_teacher: bool = True,
+    fusion_micro_batch: int | None = 16,
     seed: int = 13,
     device: str = "auto",
 ) -> LearnerConfig:
@@ -48,7 +49,7 @@ def learner_config(
         adapter=TrainConfig(epochs=adapter_epochs, batch_size=batch_size, learning_rate=adapter_lr,
                             patience=patience, seed=seed),
         fusion=TrainConfig(epochs=fusion_epochs, batch_size=batch_size, learning_rate=fusion_lr,
-                           patience=patience, seed=seed),
+                           patience=patience, seed=seed, micro_batch_size=fusion_micro_batch),
         distill=DistillConfig(weight=distill_weight, omega=omega, warm_start=warm_start, head_init=head_init,
                               cache_teacher=cache_teacher),
         max_length=max_length,

@@ -67,3 +67,37 @@ def test_resume_after_crash_skips_finished_epochs(tmp_path):
     with pytest.raises(RuntimeError, match="belongs to another stage"):
         fit(module, list(module.parameters()), batches, loss_fn, lambda: 0.0, cfg, steps_per_epoch=1,
             desc="other", checkpoint=ckpt)
+
+
+def _embedding_batch():
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [3, 4, 5, 6], [7, 0, 0, 0], [2, 3, 0, 0]])
+    mask = (ids != 0).long()
+    return Batch(ids, mask, None, torch.tensor([1, 0, 1, 0, 1]), torch.arange(5), "task")
+
+
+def test_split_trims_each_micro_batch_to_its_longest_row():
+    parts = _embedding_batch().split(2)
+    assert [len(p) for p in parts] == [2, 2, 1]
+    assert [p.input_ids.shape[1] for p in parts] == [3, 4, 2]
+    assert parts[2].index.tolist() == [4] and parts[0].source == "task"
+
+
+@pytest.mark.parametrize("micro", [2, 3])
+def test_micro_batches_give_the_same_update_as_the_whole_batch(micro):
+    def trained(micro_batch_size):
+        torch.manual_seed(0)
+        emb, head = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2)
+        module = torch.nn.ModuleList([emb, head])
+
+        def loss_fn(b):
+            pooled = (emb(b.input_ids) * b.attention_mask.unsqueeze(-1)).sum(1) / b.attention_mask.sum(1, keepdim=True)
+            return torch.nn.functional.cross_entropy(head(pooled), b.labels), {}
+
+        cfg = TrainConfig(epochs=1, learning_rate=0.1, warmup_ratio=0, max_grad_norm=0,
+                          micro_batch_size=micro_batch_size)
+        fit(module, list(module.parameters()), lambda e: [_embedding_batch()], loss_fn, lambda: 1.0, cfg,
+            steps_per_epoch=1, desc="toy")
+        return [p.detach().clone() for p in module.parameters()]
+
+    for whole, split in zip(trained(None), trained(micro), strict=True):
+        torch.testing.assert_close(whole, split, rtol=1e-5, atol=1e-6)

@@ -29,6 +29,7 @@ def train_sequence(
     distill_weight: Annotated[float, typer.Option(help="λ, the weight of L_AD (0 disables distillation).")] = 1.0,
     omega: Annotated[str, typer.Option(help="'slice' (eq. 9) or 'renorm' over old adapters.")] = "slice",
     warm_start: Annotated[bool, typer.Option(help="Initialise Ψ_t from Ψ_{t-1} instead of randomly.")] = False,
+    fusion_micro_batch: Annotated[int, typer.Option(help="Stage-3 micro-batch size (gradient accumulation; 0 = whole batches).")] = 16,
     head_init: Annotated[str, typer.Option(help="The new fusion's head: 'previous' (copy M_{t-1}'s head) or 'random'.")] = "previous",
     cache_teacher: Annotated[bool, typer.Option(help="Compute teacher attention once and reuse it each epoch.")] = True,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default from settings).")] = None,
@@ -47,6 +48,7 @@ def train_sequence(
             adapter_epochs=adapter_epochs, fusion_epochs=fusion_epochs, batch_size=batch_size, adapter_lr=adapter_lr,
             fusion_lr=fusion_lr, patience=patience, max_length=max_length, distill_weight=distill_weight, omega=omega,
             warm_start=warm_start, head_init=head_init, cache_teacher=cache_teacher,
+            fusion_micro_batch=fusion_micro_batch or None,
             seed=settings.seed if seed is None else seed, device=device or settings.device,
         )
     except ValueError as err:
