@@ -117,14 +117,13 @@ def run_sequence(
     if limit:
         marketplaces = [MarketplaceSplits(m.spec, m.train.head(limit), m.valid.head(limit), m.test.head(limit))
                         for m in marketplaces]
-    if translated_root is not None:
-        for t, m in enumerate(marketplaces[1:], start=1):  # check every file exists before training starts
-            read_translated(translated_root, m.spec, [x.spec for x in marketplaces[:t]])
+    translated: dict[str, list[Pairs]] = {}
+    if translated_root is not None:  # read and validate every file before training starts
+        for t, m in enumerate(marketplaces[1:], start=1):
+            sets = read_translated(translated_root, m.spec, [x.spec for x in marketplaces[:t]])
+            translated[m.spec.id] = [s.head(limit) for s in sets] if limit else sets
 
     def translated_for(data: MarketplaceSplits, old: list[MarketplaceSpec]) -> list[Pairs]:
-        if translated_root is None:
-            return []
-        sets = read_translated(translated_root, data.spec, old)
-        return [s.head(limit) for s in sets] if limit else sets
+        return translated.get(data.spec.id, [])
 
     return learn_sequence(encoder, marketplaces, cfg, translated_for)
