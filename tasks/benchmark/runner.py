@@ -1,0 +1,215 @@
+"""Running a benchmark plan: data loaded and capped once, translations made once per (arrival, older languages,
+fraction, seed), each run through ``models.baselines.run_method``, each record appended to ``results.jsonl`` as
+soon as its run ends. A rerun with the same configuration skips every run already in the file.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tasks.benchmark.config import BenchmarkConfig, RunSpec, plan_runs
+from tasks.benchmark.results import ResultsFile, RunRecord
+from tasks.hashing import table_hash
+from tasks.learner import learner_config, marketplace_splits, to_pairs, translated_source
+from tasks.translation.subset import select_subset
+
+if TYPE_CHECKING:
+    from models.encoders import EncoderRef
+    from models.pairs import Pairs
+    from models.relevance import MarketplaceSpec
+    from models.sequence import MarketplaceSplits
+    from tasks.data import Marketplace
+
+log = logging.getLogger(__name__)
+
+#: ``run_method``'s signature: (name, encoder, marketplaces, cfg, translated_for=None, seed=13) -> MethodResult.
+Runner = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------- methods
+def method_names() -> list[str]:
+    from models.baselines import METHODS
+
+    return list(METHODS)
+
+
+def uses_translation(method: str) -> bool:
+    from models.baselines import METHODS
+
+    return bool(METHODS[method].uses_translation)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def method_config(cfg: BenchmarkConfig, seed: int):
+    """The baselines' configuration for one seed: the learner's stages and the full fine-tuning stages sized by
+    the benchmark's knobs; the methods' own hyper-parameters keep their defaults."""
+    from models.baselines import MethodConfig
+    from models.training import TrainConfig
+
+    learner = learner_config(adapter_epochs=cfg.epochs, fusion_epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             adapter_lr=cfg.adapter_lr, fusion_lr=cfg.fusion_lr, patience=cfg.patience,
+                             max_length=cfg.max_length, seed=seed, device=cfg.device)
+    full = TrainConfig(epochs=cfg.full_epochs, batch_size=cfg.batch_size, learning_rate=cfg.full_lr,
+                       patience=cfg.patience, seed=seed)
+    return MethodConfig(learner=learner, full=full)
+
+
+# --------------------------------------------------------------------------- data
+def cap_table(table: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """At most about ``limit`` rows: whole queries, the label ratio kept (the translation subset's sampler)."""
+    if not limit or len(table) <= limit:
+        return table
+    return select_subset(table, limit / len(table), seed).reset_index(drop=True)
+
+
+@dataclass
+class BenchmarkData:
+    """The marketplaces of the benchmark, validated and capped once; every run reads the same rows."""
+
+    marketplaces: dict[str, Marketplace]
+
+    @classmethod
+    def load(cls, root: Path | str, cfg: BenchmarkConfig, *, s3_endpoint_url: str | None = None) -> BenchmarkData:
+        """Read and validate every marketplace before anything trains (bad input: one ``DataValidationError``)."""
+        from tasks.data import load_data_root
+
+        loaded = load_data_root(root, list(cfg.order), s3_endpoint_url=s3_endpoint_url)
+        capped = {}
+        for m in loaded:
+            capped[m.id] = replace(m, train=cap_table(m.train, cfg.max_train_pairs, cfg.data_seed),
+                                   valid=cap_table(m.valid, cfg.max_eval_pairs, cfg.data_seed),
+                                   test=cap_table(m.test, cfg.max_eval_pairs, cfg.data_seed))
+        return cls(capped)
+
+    def splits(self, order: Sequence[str]) -> list[MarketplaceSplits]:
+        return [marketplace_splits(self.marketplaces[mid]) for mid in order]
+
+    def hashes(self) -> dict[str, dict[str, str]]:
+        return {mid: {s: table_hash(getattr(m, s)) for s in ("train", "valid", "test")}
+                for mid, m in sorted(self.marketplaces.items())}
+
+
+# --------------------------------------------------------------------------- translations
+@dataclass
+class Translations:
+    """T_1..T_{t-1} for each arrival, made once per (new marketplace, older languages, fraction, seed) and kept
+    for the whole benchmark; the translation cache on disk makes a rerun free. Without a translator for a pair
+    (``backend="auto"``) the arrival goes on untranslated, with a warning (``tasks.pipeline.translate_step``)."""
+
+    data: BenchmarkData
+    backend: str
+    cache_dir: Path
+    made: dict[tuple, tuple[dict[str, pd.DataFrame], float]] = field(default_factory=dict)
+
+    def for_arrival(self, new: str, old: Sequence[str], fraction: float, seed: int) -> tuple[dict[str, pd.DataFrame], float]:
+        from tasks.pipeline import translate_step
+
+        market = self.data.marketplaces[new]
+        languages = tuple(dict.fromkeys(self.data.marketplaces[m].language for m in old))
+        key = (new, languages, float(fraction), seed)
+        if key not in self.made:
+            start = time.perf_counter()
+            tables = translate_step(market.train, market.language, list(languages), fraction=fraction, seed=seed,
+                                    backend=self.backend, cache_dir=self.cache_dir)
+            self.made[key] = (tables, time.perf_counter() - start)
+        return self.made[key]
+
+    def for_run(self, spec: RunSpec) -> tuple[Callable | None, float, dict[str, dict[str, int]]]:
+        """The run's ``translated_for``, the seconds spent translating for it and the rows per language."""
+        if spec.fraction is None:
+            return None, 0.0, {}
+        pairs: dict[str, dict[str, Pairs]] = {}
+        seconds, rows = 0.0, {}
+        for t in range(1, len(spec.order)):
+            tables, spent = self.for_arrival(spec.order[t], spec.order[:t], spec.fraction, spec.seed)
+            seconds += spent
+            rows[spec.order[t]] = {lang: len(table) for lang, table in tables.items()}
+            pairs[spec.order[t]] = {lang: to_pairs(table, translated_source(lang)) for lang, table in tables.items()}
+
+        def translated_for(data: MarketplaceSplits, old: list[MarketplaceSpec]) -> list[Pairs]:
+            sets = pairs.get(data.spec.id, {})
+            languages = dict.fromkeys(spec_.language for spec_ in old)
+            return [sets[lang] for lang in languages if lang in sets]
+
+        return translated_for, seconds, rows
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class BenchmarkRun:
+    """What ``run_benchmark`` returns: the plan's records (finished earlier or now) and what it did."""
+
+    records: list[RunRecord]
+    ran: int
+    skipped: int
+    run_hash: str
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    data: BenchmarkData,
+    out: Path,
+    *,
+    encoder: EncoderRef,
+    runner: Runner | None = None,
+    translation_uses: Callable[[str], bool] | None = None,
+    configure: Callable[[BenchmarkConfig, int], Any] = method_config,
+    translation_cache: Path | None = None,
+    progress: bool = True,
+) -> BenchmarkRun:
+    """Run every planned run not yet in ``<out>/results.jsonl`` and append its record there as soon as it ends.
+
+    ``runner`` defaults to ``models.baselines.run_method``, ``configure`` (the ``MethodConfig`` of a seed) to
+    ``method_config`` and ``translation_uses`` (which methods translate) to the methods' own ``uses_translation``. The key of a run is (method, seed, order, fraction, configuration hash); the
+    hash covers every knob that changes a run's result, the encoder's checksum and the capped data's content.
+    """
+    from tqdm.auto import tqdm
+
+    if runner is None:
+        from models.baselines import run_method as runner
+    if translation_cache is None:
+        from tasks.settings import get_settings
+
+        translation_cache = get_settings().cache_dir / "translations"
+    plan = plan_runs(cfg, translation_uses or uses_translation)
+    run_hash = cfg.run_hash(encoder.checksum, data.hashes())
+    results = ResultsFile(out)
+    finished = results.finished()
+    todo = [s for s in plan if s.key(run_hash) not in finished]
+    log.info("benchmark: %d runs planned, %d already in %s, %d to run", len(plan), len(plan) - len(todo),
+             results.path, len(todo))
+    translations = Translations(data, cfg.translation_backend, Path(translation_cache))
+    bar = tqdm(total=len(todo), desc="benchmark", unit="run", disable=not progress or not todo, position=0)
+    try:
+        for spec in todo:
+            bar.set_postfix_str(spec.label)
+            translated_for, seconds, rows = translations.for_run(spec)
+            result = runner(spec.method, encoder, data.splits(spec.order), configure(cfg, spec.seed),
+                            translated_for=translated_for, seed=spec.seed)
+            record = RunRecord.from_result(spec, run_hash, result, translation_seconds=seconds, translated_rows=rows)
+            results.append(record)
+            finished[record.key] = record
+            log.info("%s: average %.4f, BWT %+.4f, forgetting %.4f, %.1f s", spec.label, record.average, record.bwt,
+                     record.forgetting, record.train_seconds)
+            del result
+            gc.collect()
+            bar.update(1)
+    finally:
+        bar.close()
+    records = [replace(finished[s.key(run_hash)], main=s.main, sweep=s.sweep) for s in plan]
+    return BenchmarkRun(records, ran=len(todo), skipped=len(plan) - len(todo), run_hash=run_hash)
+

@@ -1,0 +1,322 @@
+"""The benchmark: plan, resume, summary, report, MLflow and `mcl benchmark` end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.encoders import EncoderRef
+from models.metrics import continual_metrics
+from models.stages import StageReport
+from models.training import FitResult
+from tasks.benchmark import (
+    BenchmarkConfig,
+    BenchmarkData,
+    RunRecord,
+    RunSpec,
+    log_report_to_mlflow,
+    plan_runs,
+    random_orders,
+    run_benchmark,
+    summarise,
+    write_report,
+)
+from tasks.benchmark.results import ResultsFile
+from tasks.data import generate_demo
+
+ORDER = ("en", "es", "fr")
+FAKE_ENCODER = EncoderRef(name="fake", path=Path("."), checksum="fake-checksum")
+TRANSLATING = {"ad", "joint-fusion"}
+
+
+def _translates(method: str) -> bool:
+    return method in TRANSLATING
+
+
+def _fit(params: int, seconds: float, examples: int = 100) -> FitResult:
+    return FitResult(best_metric=0.7, best_epoch=1, epochs_run=1, stopped_early=False, trainable_parameters=params,
+                     train_examples=examples, train_seconds=seconds, examples_per_second=examples / seconds)
+
+
+@dataclass
+class FakeResult:
+    """What ``run_method`` returns (``models.baselines.MethodResult``), built by hand."""
+
+    method: str
+    seed: int
+    order: list[str]
+    metrics: object
+    arrival_seconds: list[float]
+    reports: list
+    trainable_parameters: int
+    total_parameters: int = 1_000_000
+    breaks_no_replay: bool = False
+
+
+def fake_result(method: str, order, final: list[float], *, seed: int = 13, seconds=(1.0, 2.0, 3.0),
+                params: int = 10_000, diagonal: float = 0.9, replay: bool = False) -> FakeResult:
+    n = len(order)
+    r = np.full((n, n), np.nan)
+    for t in range(n):
+        for k in range(t + 1):
+            r[t, k] = diagonal if k == t else (diagonal + final[k]) / 2
+    r[-1] = final
+    stages = ["adapter"] + ["adapter", "fusion"] * (n - 1) if method.startswith(("ad", "fusion")) else ["full"] * n
+    reports = [StageReport(s, order[min(i, n - 1)], _fit(params, 0.5 if s == "adapter" else 1.0), 1_000_000)
+               for i, s in enumerate(stages)]
+    return FakeResult(method, seed, list(order), continual_metrics(r, list(order)), list(seconds), reports, params,
+                      breaks_no_replay=replay)
+
+
+def record(method: str, final: list[float], *, seed: int = 13, order=ORDER, fraction=None, main=True,
+           sweep=False, **kw) -> RunRecord:
+    spec = RunSpec(method, seed, tuple(order), fraction, main=main, sweep=sweep)
+    return RunRecord.from_result(spec, "hash", fake_result(method, order, final, seed=seed, **kw))
+
+
+@dataclass
+class CountingRunner:
+    """A stand-in for ``run_method`` that counts calls and fails on demand (an interrupted benchmark)."""
+
+    calls: list = field(default_factory=list)
+    fail_at: int | None = None
+
+    def __call__(self, name, encoder, marketplaces, cfg, translated_for=None, seed=13):
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt
+        order = [m.spec.id for m in marketplaces]
+        translated = {m.spec.id: len(translated_for(m, [x.spec for x in marketplaces[:t]]))
+                      for t, m in enumerate(marketplaces) if t and translated_for}
+        self.calls.append((name, seed, tuple(order), translated))
+        final = [0.6 + 0.01 * (seed % 7) + 0.05 * k for k in range(len(order))]
+        return fake_result(name, order, final, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-demo")
+    generate_demo(root, languages=ORDER, pairs_per_marketplace=200, seed=3)
+    return root
+
+
+# --------------------------------------------------------------------------- plan
+def test_random_orders_are_deterministic_distinct_and_start_with_the_given_order():
+    first = random_orders(["en", "es", "fr", "de"], 5, seed=7)
+    assert first == random_orders(["en", "es", "fr", "de"], 5, seed=7)
+    assert first[0] == ("en", "es", "fr", "de")
+    assert len(set(first)) == 5 and all(sorted(o) == ["de", "en", "es", "fr"] for o in first)
+    assert first != random_orders(["en", "es", "fr", "de"], 5, seed=8)
+    assert random_orders(ORDER, 1) == [ORDER]
+    with pytest.raises(ValueError, match="only 6 orders"):
+        random_orders(ORDER, 7)
+
+
+def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
+    cfg = BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=2, orders=2, fractions=(0.0, 0.3, 1.0))
+    plan = plan_runs(cfg, _translates)
+    main = [s for s in plan if s.main]
+    assert len(main) == 2 * 2 * 2
+    assert {s.fraction for s in main if s.method == "ad"} == {0.3}
+    assert {s.fraction for s in main if s.method == "seq-ft"} == {None}
+    sweep = [s for s in plan if s.sweep]
+    first = random_orders(ORDER, 2)[0]
+    assert sorted((s.seed, s.fraction) for s in sweep) == [(13, 0.0), (13, 0.3), (13, 1.0),
+                                                           (14, 0.0), (14, 0.3), (14, 1.0)]
+    assert all(s.order == first and s.method == "ad" for s in sweep)
+    # the main run at 0.3 is also the sweep's 0.3 point: 8 main runs + 4 sweep-only runs
+    assert len(plan) == 12 and len({s.key("h") for s in plan}) == 12
+    assert [s for s in plan if s.sweep and s.main and s.order == first and s.fraction == 0.3]
+
+
+def test_config_hash_follows_the_knobs_not_the_plan():
+    a = BenchmarkConfig(order=ORDER, methods=("ad",), seeds=1)
+    assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=3).run_hash("enc")
+    assert a.run_hash("enc") != BenchmarkConfig(order=ORDER, methods=("ad",), epochs=2).run_hash("enc")
+    assert a.run_hash("enc") != a.run_hash("other-encoder")
+    with pytest.raises(ValueError, match="at least two marketplaces"):
+        BenchmarkConfig(order=("en",))
+
+
+# --------------------------------------------------------------------------- summary
+def test_summarise_gives_mean_and_sample_std_over_seeds():
+    records = [
+        record("ad", [0.70, 0.80, 0.90], seed=13, seconds=(1.0, 2.0, 3.0)),
+        record("ad", [0.80, 0.80, 0.90], seed=14, seconds=(1.0, 2.0, 5.0)),
+        record("ad", [0.90, 0.80, 0.90], seed=15, seconds=(1.0, 2.0, 7.0)),
+        record("seq-ft", [0.50, 0.60, 0.95], seed=13, seconds=(5.0, 6.0, 7.0), params=900_000, replay=False),
+    ]
+    summary = summarise(records)
+    stats = summary.stats
+    assert stats.loc["ad", "auc.en.mean"] == pytest.approx(0.80)
+    assert stats.loc["ad", "auc.en.std"] == pytest.approx(0.10)  # sample std of 0.7, 0.8, 0.9
+    assert stats.loc["ad", "auc.es.std"] == pytest.approx(0.0)
+    averages = [np.mean(x) for x in ([0.7, 0.8, 0.9], [0.8, 0.8, 0.9], [0.9, 0.8, 0.9])]
+    assert stats.loc["ad", "average.mean"] == pytest.approx(np.mean(averages))
+    assert stats.loc["ad", "average.std"] == pytest.approx(np.std(averages, ddof=1))
+    assert stats.loc["ad", "train_seconds.mean"] == pytest.approx(np.mean([6, 8, 10]))
+    bwt = [np.mean([f[0] - 0.9, f[1] - 0.9]) for f in ([0.7, 0.8], [0.8, 0.8], [0.9, 0.8])]
+    assert stats.loc["ad", "bwt.mean"] == pytest.approx(np.mean(bwt))
+    assert np.isnan(stats.loc["seq-ft", "auc.en.std"])  # one run has no spread
+    table = summary.table
+    assert list(table.columns[:4]) == ["en", "es", "fr", "average"]
+    assert table.loc["ad", "en"] == "0.800 ± 0.100"
+    assert table.loc["seq-ft", "en"] == "0.500"
+    assert table.loc["ad", "runs"] == "3"
+    assert table.loc["seq-ft", "trainable params"] == "900.00k (90.0%)"
+    # the learner versus full fine-tuning, arrival by arrival
+    assert summary.full_reference == "seq-ft"
+    assert summary.speedup["cheaper by"].tolist() == pytest.approx([5.0, 3.0, 7.0 / 5.0])
+    assert summary.matrices["ad"].loc["fr", "en"] == pytest.approx(0.80)
+
+
+def test_summarise_fraction_sweep_gain_is_over_the_smallest_fraction():
+    records = [record("ad", [0.70, 0.70, 0.9], fraction=0.0, main=False, sweep=True, seconds=(1, 1, 1)),
+               record("ad", [0.80, 0.76, 0.9], fraction=0.3, sweep=True, seconds=(1, 2, 3)),
+               record("ad", [0.82, 0.80, 0.9], fraction=1.0, main=False, sweep=True, seconds=(1, 4, 6))]
+    summary = summarise(records)
+    assert summary.fractions.index.tolist() == [0.0, 0.3, 1.0]
+    assert summary.fractions["gain"].tolist() == pytest.approx([0.0, 0.08, 0.11])
+    assert summary.fractions["train_seconds"].tolist() == pytest.approx([3.0, 6.0, 11.0])
+    assert summary.translation_missing, "no rows were translated at fraction 0.3 in these records"
+    assert summary.stats.index.tolist() == ["ad"] and summary.stats.loc["ad", "runs"] == 1
+
+
+# --------------------------------------------------------------------------- report and MLflow
+def _full_records():
+    out = []
+    for seed in (13, 14):
+        out.append(record("ad", [0.80, 0.82, 0.90], seed=seed, fraction=0.3, sweep=True, seconds=(1, 2, 2)))
+        out.append(record("ad", [0.78, 0.80, 0.90], seed=seed, fraction=0.0, main=False, sweep=True))
+        out.append(record("fusion-no-distill", [0.70, 0.75, 0.91], seed=seed, seconds=(1, 1.5, 1.5)))
+        out.append(record("ad-no-translation", [0.75, 0.78, 0.90], seed=seed))
+        out.append(record("seq-ft", [0.55, 0.60, 0.93], seed=seed, seconds=(6, 7, 8), params=900_000))
+        out.append(record("replay", [0.85, 0.85, 0.92], seed=seed, params=900_000, replay=True))
+    return out
+
+
+def test_report_holds_the_table_and_names_every_png(tmp_path):
+    records = _full_records()
+    cfg = BenchmarkConfig(order=ORDER, methods=("ad", "fusion-no-distill", "ad-no-translation", "seq-ft", "replay"),
+                          seeds=2, fractions=(0.0, 0.3), encoder="tiny")
+    path = write_report(tmp_path, records, cfg)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert "| method | en | es | fr | average | BWT | forgetting | trainable params | train time (s) | runs |" in text
+    assert "| ad | 0.800 ± 0.000 | 0.820 ± 0.000 | 0.900 ± 0.000 |" in text
+    assert "| replay † |" in text and "breaks the no-replay" in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    for method in ("ad", "fusion-no-distill", "ad-no-translation", "seq-ft", "replay"):
+        assert f"heatmap_{method}.png" in pngs and f"curves_{method}.png" in pngs
+    assert {"translation_fraction.png", "trainable_parameters.png", "arrival_seconds.png",
+            "examples_per_second.png"} <= set(pngs)
+    for name in pngs:
+        assert f"]({name})" in text, f"{name} is not in the report"
+        assert (tmp_path / name).stat().st_size > 1000
+    assert "## Ablations" in text and "`fusion-no-distill`" in text and "`ad-no-translation`" in text
+    assert "## Translation fraction (Figure 4)" in text
+    assert "Goal ≥ 3x cheaper for every arrival after the first: **met** (mean 3.75x)" in text
+    assert "takes 1.25x the time of `fusion-no-distill`" in text
+    assert "### Examples/s per stage" in text
+    assert (tmp_path / "summary.csv").is_file()
+
+
+def test_mlflow_run_holds_metrics_params_and_report(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    records = _full_records()
+    cfg = BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=2, fractions=(0.0, 0.3))
+    write_report(tmp_path / "out", records, cfg)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = log_report_to_mlflow(tmp_path / "out", records, cfg, tracking_uri=uri,
+                                  artifact_location=str(tmp_path / "artifacts"))
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics["ad.average.mean"] == pytest.approx(np.mean([0.80, 0.82, 0.90]))
+    assert run.data.metrics["seq-ft.trainable_parameters"] == 900_000
+    assert "speedup_vs_full.mean" in run.data.metrics and "ad_overhead.train_seconds_ratio" in run.data.metrics
+    assert [m.value for m in client.get_metric_history(run_id, "sweep.fraction")] == [0.0, 0.3]
+    assert run.data.params["seeds"] == "2" and run.data.params["order"] == "en,es,fr"
+    artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "benchmark")}
+    assert {"report.md", "heatmap_ad.png", "translation_fraction.png", "summary.csv"} <= artifacts
+    mlflow.set_tracking_uri(None)
+
+
+# --------------------------------------------------------------------------- running and resuming
+def _cfg(**kw) -> BenchmarkConfig:
+    base = dict(order=ORDER, methods=("ad", "seq-ft"), seeds=2, fractions=(0.0, 0.3), max_train_pairs=60,
+                max_eval_pairs=40)
+    return BenchmarkConfig(**{**base, **kw})
+
+
+def _no_translation(monkeypatch):
+    """translate_step stand-in: a fraction of the train table, tagged per language, counting calls."""
+    calls = []
+
+    def fake(train, source, targets, *, fraction, seed, backend, cache_dir):
+        calls.append((source, tuple(targets), fraction, seed))
+        n = int(round(fraction * len(train)))
+        return {lang: train.head(n) for lang in sorted(set(targets) - {source})} if n else {}
+
+    monkeypatch.setattr("tasks.pipeline.translate_step", fake)
+    return calls
+
+
+def test_caps_keep_whole_queries_and_both_labels(demo_root):
+    data = BenchmarkData.load(demo_root, _cfg())
+    for m in data.marketplaces.values():
+        assert len(m.train) <= 66 and len(m.test) <= 44 and set(m.test["label"]) == {0, 1}
+    assert data.hashes() == BenchmarkData.load(demo_root, _cfg()).hashes()
+
+
+def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, monkeypatch):
+    translations = _no_translation(monkeypatch)
+    cfg = _cfg()
+    data = BenchmarkData.load(demo_root, cfg)
+    runner = CountingRunner(fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
+                      configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+    assert len(ResultsFile(tmp_path).read()) == 3
+    runner.fail_at = None
+    again = run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
+                          configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+    # plan: ad@0.3 and seq-ft for 2 seeds, plus ad@0 for 2 seeds = 6 runs, 3 done before the interruption
+    assert (again.ran, again.skipped) == (3, 3) and len(runner.calls) == 6
+    assert Counter(c[0] for c in runner.calls) == {"ad": 4, "seq-ft": 2}
+    assert len(again.records) == 6 and len(ResultsFile(tmp_path).read()) == 6
+    done = run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
+                         configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+    assert (done.ran, done.skipped) == (0, 6) and len(runner.calls) == 6
+    # ad at 0.3 translated es into en, and fr into en and es; fraction 0 translated nothing
+    ad = [c for c in runner.calls if c[0] == "ad"]
+    assert {tuple(sorted(c[3].items())) for c in ad} == {(("es", 1), ("fr", 2)), (("es", 0), ("fr", 0))}
+    assert {c[2:] for c in translations} == {(0.3, 13), (0.3, 14), (0.0, 13), (0.0, 14)}
+    assert len(translations) == 8, "each (arrival, older languages, fraction, seed) is translated once"
+    changed = run_benchmark(_cfg(epochs=2), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
+                            translation_uses=_translates, configure=lambda c, s: None,
+                            translation_cache=tmp_path / "tc", progress=False)
+    assert changed.ran == 6 and len(runner.calls) == 12
+
+
+def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch):
+    _no_translation(monkeypatch)
+    cfg = _cfg(methods=("seq-ft",), fractions=())
+    data = BenchmarkData.load(demo_root, cfg)
+    runner = CountingRunner()
+    kw = dict(encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates, configure=lambda c, s: None,
+              translation_cache=tmp_path / "tc", progress=False)
+    run_benchmark(cfg, data, tmp_path, **kw)
+    path = tmp_path / "results.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    second = run_benchmark(cfg, data, tmp_path, **kw)
+    assert second.ran == 1 and len(runner.calls) == 3
+    assert [r.seed for r in ResultsFile(tmp_path).read()] == [13, 14]
+    assert json.loads(path.read_text().splitlines()[-1])["seed"] == 14
