@@ -8,6 +8,7 @@ benchmark run).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,53 @@ class SequenceResult:
 
 
 TranslatedFor = Callable[[MarketplaceSplits, list[MarketplaceSpec]], Sequence[Pairs]]
+Arrive = Callable[[MarketplaceSplits, Sequence[Pairs]], list[StageReport]]
+Score = Callable[[str, Pairs], np.ndarray]
+
+
+@dataclass
+class ArrivalsResult:
+    """What any continual learner leaves after a sequence: R[t][k], the stage reports, wall time per arrival."""
+
+    metrics: ContinualMetrics
+    reports: list[StageReport]
+    arrival_seconds: list[float]
+
+
+def run_arrivals(
+    marketplaces: Sequence[MarketplaceSplits],
+    arrive: Arrive,
+    score: Score,
+    translated_for: TranslatedFor | None = None,
+    *,
+    on_arrival: Callable[[int, dict[str, float]], None] | None = None,
+) -> ArrivalsResult:
+    """Feed ``marketplaces`` to ``arrive`` in order; after each, fill row t of R on every test set seen so far.
+
+    The one evaluation protocol shared by the method (``learn_sequence``) and every baseline
+    (``models.baselines.run_method``), so their matrices are comparable by construction.
+    ``score(marketplace_id, pairs)`` returns P(relevant); ``translated_for`` is asked for T_1..T_{t-1}
+    from the second arrival on. ``arrival_seconds`` times ``arrive`` alone (not the evaluation).
+    """
+    n = len(marketplaces)
+    matrix = np.full((n, n), np.nan)
+    reports: list[StageReport] = []
+    seconds: list[float] = []
+    for t, data in enumerate(marketplaces):
+        old = [m.spec for m in marketplaces[:t]]
+        translated = list(translated_for(data, old)) if (translated_for and old) else []
+        log.info("arrival %d/%d: %s (%s), %d translated sets", t + 1, n, data.spec.id, data.spec.language,
+                 len(translated))
+        start = time.perf_counter()
+        reports.extend(arrive(data, translated))
+        seconds.append(time.perf_counter() - start)
+        scores = {m.spec.id: roc_auc(m.test.labels, score(m.spec.id, m.test)) for m in marketplaces[: t + 1]}
+        for k, m in enumerate(marketplaces[: t + 1]):
+            matrix[t, k] = scores[m.spec.id]
+        log.info("after %s: %s", data.spec.id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if on_arrival is not None:
+            on_arrival(t, scores)
+    return ArrivalsResult(continual_metrics(matrix, [m.spec.id for m in marketplaces]), reports, seconds)
 
 
 def learn_sequence(
@@ -125,23 +173,22 @@ def learn_sequence(
     on_step: Callable[[int, RelevanceModel, dict[str, float]], None] | None = None,
 ) -> SequenceResult:
     """Learn ``marketplaces`` in order; R[t][k] is measured after each arrival on every test set seen."""
-    n = len(marketplaces)
-    matrix = np.full((n, n), np.nan)
-    model: RelevanceModel | None = None
-    reports: list[StageReport] = []
-    for t, data in enumerate(marketplaces):
-        old = list(model.marketplaces) if model is not None else []
-        translated = translated_for(data, old) if (translated_for and old) else []
-        log.info("arrival %d/%d: %s (%s), %d translated sets", t + 1, n, data.spec.id, data.spec.language,
-                 len(translated))
-        model, step_reports = learn_marketplace(model, encoder, data, translated, cfg)
-        reports.extend(step_reports)
-        scores = evaluate_marketplaces(model, {m.spec.id: m.test for m in marketplaces[: t + 1]})
-        for k, m in enumerate(marketplaces[: t + 1]):
-            matrix[t, k] = scores[m.spec.id]
-        log.info("after %s: %s", data.spec.id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    state: dict[str, RelevanceModel | None] = {"model": None}
+
+    def arrive(data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
+        state["model"], step_reports = learn_marketplace(state["model"], encoder, data, translated, cfg)
+        return step_reports
+
+    def score(marketplace_id: str, pairs: Pairs) -> np.ndarray:
+        assert state["model"] is not None
+        return state["model"].predict_proba(pairs, batch_size=64)
+
+    def on_arrival(t: int, scores: dict[str, float]) -> None:
         if on_step is not None:
-            on_step(t, model, scores)
+            on_step(t, state["model"], scores)
+
+    result = run_arrivals(marketplaces, arrive, score, translated_for, on_arrival=on_arrival)
+    model = state["model"]
     assert model is not None
     attention = fusion_attention_profile(model, {m.spec.id: m.test for m in marketplaces})
-    return SequenceResult(model, continual_metrics(matrix, [m.spec.id for m in marketplaces]), reports, attention)
+    return SequenceResult(model, result.metrics, result.reports, attention)

@@ -120,6 +120,8 @@ def fit(
     steps_per_epoch: int,
     desc: str,
     checkpoint: Path | None = None,
+    before_step: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``params`` (everything else must already be frozen) and keep the best epoch.
 
@@ -127,6 +129,10 @@ def fit(
     ``loss_fn`` returns the loss and the float components to log; ``evaluate`` returns the
     validation metric (higher is better). With ``checkpoint``, state is saved after every
     epoch and a rerun resumes after the last finished epoch instead of starting over.
+
+    ``before_step`` runs once per batch when the gradients are complete and unscaled, before
+    clipping and the optimizer step (HAT masks gradients there); ``after_step`` runs after the
+    optimizer step (HAT clamps its task embeddings there).
     """
     device = next(module.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -169,12 +175,17 @@ def fit(
             batch = batch.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss, parts = _accumulate(batch, loss_fn, scaler, device, cfg)
-            if cfg.max_grad_norm:
+            if cfg.max_grad_norm or before_step is not None:
                 scaler.unscale_(optimizer)
+            if before_step is not None:
+                before_step()
+            if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if after_step is not None:
+                after_step()
             n_batches += 1
             epoch_examples += len(batch)
             for key, value in {"loss": float(loss.detach()), **parts}.items():

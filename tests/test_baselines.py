@@ -1,0 +1,231 @@
+"""Baselines of the benchmark: every method under one protocol, and each method's defining property."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from models.baselines import METHODS, MethodConfig, run_method
+from models.baselines.full_methods import Replay, SequentialFineTuning
+from models.baselines.full_model import FullModel
+from models.baselines.hat import HardAttentionToTask
+from models.baselines.method import concat_pairs, subsample_pairs
+from models.baselines.regularizers import EWCPenalty, lwf_loss
+from models.pairs import Pairs
+from models.relevance import RelevanceModel
+from models.sequence import LearnerConfig
+from models.training import TrainConfig
+from tests.conftest import make_pairs
+
+FAST = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3)
+CFG = MethodConfig(
+    learner=LearnerConfig(adapter=FAST, fusion=FAST, max_length=24, device="cpu"),
+    full=FAST, replay_per_marketplace=16, ewc_fisher_examples=32,
+)
+
+
+def _translated_for(calls):
+    def translated_for(data, old):
+        calls.append((data.spec.id, [o.id for o in old]))
+        return [make_pairs(data.spec.id, 16, 4, source=f"translated:{o.language}") for o in old]
+
+    return translated_for
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_fills_a_lower_triangular_matrix(name, tiny_encoder, marketplaces):
+    calls, rows = [], []
+    result = run_method(name, tiny_encoder, marketplaces, CFG, _translated_for(calls), seed=5,
+                        on_arrival=lambda t, scores: rows.append((t, sorted(scores))))
+    r = result.metrics.matrix
+    assert r.shape == (3, 3)
+    assert np.isfinite(r[np.tril_indices(3)]).all() and np.isnan(r[np.triu_indices(3, k=1)]).all()
+    assert rows == [(0, ["en"]), (1, ["en", "es"]), (2, ["en", "es", "fr"])]
+    assert result.method == name and result.seed == 5 and result.order == ["en", "es", "fr"]
+    assert len(result.arrival_seconds) == 3 and all(s > 0 for s in result.arrival_seconds)
+    assert 0 < result.trainable_parameters <= result.total_parameters
+    assert result.breaks_no_replay == (name in {"replay", "joint-fusion"})
+    assert {r.marketplace for r in result.reports} == {"en", "es", "fr"}
+    # Only the method that distils on translations is given them, from the second arrival on.
+    assert calls == ([("es", ["en"]), ("fr", ["en", "es"])] if name == "ad" else [])
+
+
+def test_unknown_method_lists_the_known_ones(tiny_encoder, marketplaces):
+    with pytest.raises(ValueError, match="unknown method 'ewc2'.*seq-ft.*hat"):
+        run_method("ewc2", tiny_encoder, marketplaces, CFG)
+
+
+def _full_parameter_count(encoder) -> int:
+    base = AutoModel.from_pretrained(str(encoder.path), add_pooling_layer=False)
+    return sum(p.numel() for p in base.parameters()) + base.config.hidden_size * 2 + 2
+
+
+def test_trainable_parameters_per_method(tiny_encoder, marketplaces):
+    two = marketplaces[:2]
+    probe = RelevanceModel.create(tiny_encoder, max_length=24)
+    for spec in (m.spec for m in two):
+        probe.add_marketplace(spec)
+    adapter_and_head = sum(p.numel() for p in probe.parameters_of(adapters_=["es"], heads=["es"]))
+    fusion = probe.add_fusion(["en", "es"])
+    fusion_and_head = sum(p.numel() for p in probe.parameters_of(fusion=fusion, heads=[fusion]))
+    full = _full_parameter_count(tiny_encoder)
+
+    assert run_method("adapter-only", tiny_encoder, two, CFG).trainable_parameters == adapter_and_head
+    assert run_method("ad", tiny_encoder, two, CFG).trainable_parameters == adapter_and_head + fusion_and_head
+    seq = run_method("seq-ft", tiny_encoder, two, CFG)
+    assert seq.trainable_parameters == seq.total_parameters == full
+    assert all(r.fit.trainable_parameters == full for r in seq.reports), "reports count the unpruned model"
+    sm = run_method("sm", tiny_encoder, two, CFG)
+    assert sm.trainable_parameters == full and sm.total_parameters == 2 * full
+
+
+@pytest.mark.parametrize("name", ["sm", "adapter-only"])
+def test_separate_models_never_change_old_scores(name, tiny_encoder, marketplaces):
+    r = run_method(name, tiny_encoder, marketplaces, CFG).metrics.matrix
+    for k in range(3):
+        for t in range(k + 1, 3):
+            assert r[t, k] == r[k, k]
+
+
+def test_seq_ft_moves_the_earlier_marketplace(tiny_encoder, marketplaces):
+    method = SequentialFineTuning(tiny_encoder, CFG, seed=13)
+    en, es = marketplaces[:2]
+    method.learn(en, [])
+    before = method.predict_proba("en", en.test)
+    method.learn(es, [])
+    after = method.predict_proba("en", en.test)
+    assert np.abs(after - before).max() > 1e-4
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_pulls_back_with_lambda_f():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    fisher = {n: torch.rand_like(p) for n, p in net.named_parameters()}
+    penalty = EWCPenalty(lam=7.0)
+    penalty.consolidate(net.named_parameters(), fisher)
+    assert float(penalty(net.named_parameters()).detach()) == 0.0
+    anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    penalty(net.named_parameters()).backward()
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, 7.0 * fisher[n] * (p.detach() - anchor[n]))
+    # A second marketplace adds its Fisher and re-anchors at the current parameters.
+    penalty.consolidate(net.named_parameters(), fisher)
+    torch.testing.assert_close(penalty.fisher["weight"], 2 * fisher["weight"])
+    assert float(penalty(net.named_parameters()).detach()) == 0.0
+
+
+def test_ewc_rows_follow_a_growing_vocabulary():
+    penalty = EWCPenalty(lam=1.0)
+    table = torch.nn.Parameter(torch.ones(2, 3))
+    penalty.consolidate([("emb", table)], {"emb": torch.full((2, 3), 5.0)})
+    grown = torch.zeros(4, 3)
+    penalty.remap_rows("emb", torch.tensor([0, 2]), grown)
+    assert penalty.fisher["emb"][:, 0].tolist() == [5.0, 0.0, 5.0, 0.0]
+    assert penalty.anchor["emb"][:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_lwf_loss_is_zero_when_the_model_has_not_moved(tiny_encoder, marketplaces):
+    torch.manual_seed(0)
+    model = FullModel(tiny_encoder, max_length=24, device="cpu")
+    model.cover(marketplaces[0].train)
+    data = model.encode(marketplaces[0].train)
+    previous = model.predict_logits(data)
+    current = previous.clone().requires_grad_(True)
+    loss = lwf_loss(current, previous, temperature=2.0)
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-7)
+    loss.backward()
+    assert float(current.grad.abs().max()) < 1e-6
+    assert float(lwf_loss(previous + torch.tensor([1.0, -1.0]), previous, 2.0)) > 0.01
+
+
+def test_hat_protects_earlier_marketplaces_bitwise(tiny_encoder, marketplaces):
+    cfg = dataclasses.replace(CFG, learner=dataclasses.replace(
+        CFG.learner, adapter=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2)))
+    hat = HardAttentionToTask(tiny_encoder, cfg, seed=3)
+    en, es = marketplaces[:2]
+    hat.learn(en, [])
+    before = hat.predict_proba("en", en.test)
+    adapter_before = [p.detach().clone() for p in hat.adapter_parameters()]
+    hat.learn(es, [])
+    assert np.array_equal(hat.predict_proba("en", en.test), before)
+    assert any(not torch.equal(a, p) for a, p in zip(adapter_before, hat.adapter_parameters(), strict=True)) or \
+        bool(hat.gates.masks["en"].all()), "free units must still learn unless task 1 used them all"
+
+    # The gradient of every weight of a unit used by task 1 is masked to zero.
+    used = hat.gates.masks["en"]
+    assert used.sum() > 0
+    hat.gates.task, hat.gates.s = "es", 1.0  # a soft gate: free units get a gradient
+    data = hat.tokenizer(list(es.train.queries[:8]), list(es.train.titles[:8]), padding=True, return_tensors="pt")
+    hat.net.zero_grad(set_to_none=True)
+    for p in hat.adapter_parameters():
+        p.requires_grad_(True)
+    out = hat.net(**data, head="es")
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor(es.train.labels[:8])).backward()
+    hat.gates.mask_gradients()
+    free_gradient = 0.0
+    for i in range(len(hat.gates.layers)):
+        down, up = hat.gates.linears(i)
+        rows = used[i].bool()
+        assert down.weight.grad[rows].abs().sum() == 0 and down.bias.grad[rows].abs().sum() == 0
+        assert up.weight.grad[:, rows].abs().sum() == 0 and up.bias.grad.abs().sum() == 0
+        free_gradient += float(down.weight.grad[~rows].abs().sum())
+    assert free_gradient > 0 or bool(used.all()), "units task 1 left free still learn"
+
+
+def test_replay_mixes_the_buffer_into_training(tiny_encoder, marketplaces):
+    method = Replay(tiny_encoder, CFG, seed=13)
+    en, es, fr = marketplaces
+    method.learn(en, [])
+    assert len(method.buffer["en"]) == 16 and sorted(set(method.buffer["en"].labels)) == [0, 1]
+    (report,) = method.learn(es, [])
+    assert report.details["replayed_examples"] == 16
+    assert report.fit.train_examples == (len(es.train) + 16) * report.fit.epochs_run
+    (report,) = method.learn(fr, [])
+    assert report.details["replayed_examples"] == 32 and report.details["replayed_from"] == ["en", "es"]
+
+
+def test_subsample_is_stratified_and_concat_keeps_order():
+    pairs = make_pairs("en", 40, 1)
+    sub = subsample_pairs(pairs, 10, seed=0)
+    assert len(sub) == 10 and sum(sub.labels) == 5
+    both = concat_pairs([pairs.head(3), sub])
+    assert list(both.queries[:3]) == list(pairs.queries[:3]) and len(both) == 13
+
+
+def test_vocabulary_pruning_keeps_logits_identical(tiny_encoder, marketplaces):
+    en, es = marketplaces[:2]
+    torch.manual_seed(0)
+    pruned = FullModel(tiny_encoder, max_length=24, device="cpu", prune_vocabulary=True)
+    torch.manual_seed(0)
+    full = FullModel(tiny_encoder, max_length=24, device="cpu", prune_vocabulary=False)
+    pruned.cover(en.train)
+    pruned.cover(es.train)  # grows; the en rows keep their values
+    assert pruned.vocabulary.num_embeddings < full.net.encoder.get_input_embeddings().num_embeddings
+    assert pruned.full_parameters() == full.held_parameters() > pruned.held_parameters()
+    for split in (en.train, es.train):
+        data = pruned.encode(split)
+        assert torch.equal(pruned.predict_logits(data), full.predict_logits(data))
+
+    # Training the pruned model matches training the full one on the same data.
+    cfg = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, seed=1)
+    pruned.train(en.train, en.valid, cfg, desc="pruned")
+    full.train(en.train, en.valid, cfg, desc="full")
+    data = pruned.encode(en.train)
+    torch.testing.assert_close(pruned.predict_logits(data), full.predict_logits(data), atol=1e-5, rtol=1e-4)
+
+    # A token outside the kept set reads the unknown token's row.
+    unseen = Pairs(["zebra xylophone"], ["quokka"], [1])
+    ids = pruned.encode(unseen).input_ids[0]
+    kept = set(pruned.vocabulary.kept_ids.tolist())
+    unk = pruned.tokenizer.unk_token_id
+    as_unk = [i if i in kept else unk for i in ids]
+    assert as_unk != ids, "the probe text must contain tokens outside the kept set"
+    lookup = pruned.vocabulary.lookup
+    assert torch.equal(lookup[torch.tensor(ids)], lookup[torch.tensor(as_unk)])
