@@ -229,3 +229,12 @@ def test_vocabulary_pruning_keeps_logits_identical(tiny_encoder, marketplaces):
     assert as_unk != ids, "the probe text must contain tokens outside the kept set"
     lookup = pruned.vocabulary.lookup
     assert torch.equal(lookup[torch.tensor(ids)], lookup[torch.tensor(as_unk)])
+
+
+def test_ad_under_run_method_is_learn_sequence(tiny_encoder, marketplaces):
+    from models.sequence import learn_sequence
+
+    two = marketplaces[:2]
+    sequence = learn_sequence(tiny_encoder, two, CFG.learner, _translated_for([]))
+    method = run_method("ad", tiny_encoder, two, CFG, _translated_for([]), seed=CFG.learner.adapter.seed)
+    np.testing.assert_array_equal(method.metrics.matrix, sequence.metrics.matrix)

@@ -75,6 +75,7 @@ class SingleMarketplace(_FullFineTuning):
         return self.models[marketplace_id].predict_proba(pairs, self.train_cfg.eval_batch_size, self.train_cfg.precision)
 
     def trainable_parameters(self) -> int:
+        """The unpruned model's count (every vocabulary row): what full fine-tuning trains in production."""
         return 0 if self.last is None else self.models[self.last].full_parameters()
 
     def total_parameters(self) -> int:
@@ -120,6 +121,7 @@ class SequentialFineTuning(_FullFineTuning):
         return self.model.predict_proba(pairs, self.train_cfg.eval_batch_size, self.train_cfg.precision)
 
     def trainable_parameters(self) -> int:
+        """The unpruned model's count (every vocabulary row): what full fine-tuning trains in production."""
         return 0 if self.model is None else self.model.full_parameters()
 
     def total_parameters(self) -> int:

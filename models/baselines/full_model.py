@@ -145,7 +145,7 @@ class FullModel:
         self._pretrained_rows: torch.Tensor | None = None
         if prune_vocabulary:
             full = base.get_input_embeddings()
-            self._pretrained_rows = full.weight.detach().clone()
+            self._pretrained_rows = full.weight.detach()  # the original table, kept (not copied) to grow from
             self.vocabulary = PrunedEmbedding(self._pretrained_rows, [], self.unk_id(), full.padding_idx)
             base.set_input_embeddings(self.vocabulary)
         self.net.to(resolve_device(device))
