@@ -383,4 +383,4 @@ def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFra
     """The teacher's model folder and its old test sets, from the registry's artifact store (retried: I/O)."""
     from tasks import registry
 
-    return str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / info.version)
+    return str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / f"v{info.version}-{info.run_id}")

@@ -158,8 +158,12 @@ def teacher_for_arrival(client: MlflowClient, marketplace: str, *, replace: bool
 
 
 def model_folder(info: VersionInfo, dest: Path, name: str = MODEL_NAME) -> Path:
-    """Download a version's pyfunc once and return the relevance model folder inside it."""
-    target = Path(dest) / f"{name}-v{info.version}"
+    """Download a version's pyfunc once and return the relevance model folder inside it.
+
+    The download is keyed by the version's run id, not its number alone: every registry (a fresh demo,
+    another tracking server) has a "version 1", and a folder cached for one must never be read as another's.
+    """
+    target = Path(dest) / f"{name}-v{info.version}-{info.run_id}"
     if not (target / "MLmodel").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -142,6 +142,31 @@ def _ref(c, info, tiny_encoder):
     return EncoderRef(info.tags["encoder"], tiny_encoder.path, info.tags["encoder_checksum"])
 
 
+def test_a_new_registry_never_reads_another_registrys_cached_teacher(mcl, tiny_encoder, monkeypatch):
+    """Two registries sharing one cache both have a version 1 (a rerun demo does exactly this): the
+    second registry's arrivals must train on top of its own version 1, not a folder cached for the first."""
+    from flows.arrival import marketplace_arrival
+    from tasks import registry
+    from tasks.hashing import folder_hash
+    from tasks.settings import get_settings
+
+    def champion_in(store: str, n: int):
+        monkeypatch.setenv("MCL_TRACKING_URI", f"sqlite:///{mcl}/{store}.db")
+        monkeypatch.setenv("MCL_ARTIFACT_LOCATION", str(mcl / f"{store}-artifacts"))
+        get_settings.cache_clear()
+        marketplace_arrival(marketplace="en", language="en", **write_marketplace(mcl / store, "en", n),
+                            encoder=str(tiny_encoder.path), **FAST)
+        return registry.alias_version(client(), registry.CHAMPION)
+
+    first = champion_in("first", 64)
+    first_dir = registry.model_folder(first, mcl / "cache" / "registry" / "models")
+    second = champion_in("second", 48)
+    assert first.version == second.version == "1"
+    second_dir = registry.model_folder(second, mcl / "cache" / "registry" / "models")
+    assert second_dir != first_dir
+    assert folder_hash(second_dir) != folder_hash(first_dir)
+
+
 def test_gate_failure_registers_a_challenger_and_keeps_the_champion(mcl, tiny_encoder):
     from tasks import registry
 
