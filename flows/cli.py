@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import arrive, data, demo, encoder, train, translate
+from flows.commands import arrive, benchmark, data, demo, encoder, train, translate
 
 app = typer.Typer(
     name="mcl",
@@ -22,6 +22,7 @@ app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)
 app.command("demo")(demo.demo)
+app.command("benchmark")(benchmark.benchmark)
 
 
 if __name__ == "__main__":

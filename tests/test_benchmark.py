@@ -297,8 +297,9 @@ def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, m
     # ad at 0.3 translated es into en, and fr into en and es; fraction 0 translated nothing
     ad = [c for c in runner.calls if c[0] == "ad"]
     assert {tuple(sorted(c[3].items())) for c in ad} == {(("es", 1), ("fr", 2)), (("es", 0), ("fr", 0))}
-    assert {c[2:] for c in translations} == {(0.3, 13), (0.3, 14), (0.0, 13), (0.0, 14)}
-    assert len(translations) == 8, "each (arrival, older languages, fraction, seed) is translated once"
+    assert {c[2:] for c in translations} == {(0.3, 13), (0.3, 14)}, "fraction 0 needs no translator"
+    assert len(translations) == 4, "each (arrival, older languages, fraction, seed) is translated once"
+    assert sorted(c[:2] for c in translations) == [("es", ("en",))] * 2 + [("fr", ("en", "es"))] * 2
     changed = run_benchmark(_cfg(epochs=2), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
                             translation_uses=_translates, configure=lambda c, s: None,
                             translation_cache=tmp_path / "tc", progress=False)
@@ -320,3 +321,87 @@ def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch)
     assert second.ran == 1 and len(runner.calls) == 3
     assert [r.seed for r in ResultsFile(tmp_path).read()] == [13, 14]
     assert json.loads(path.read_text().splitlines()[-1])["seed"] == 14
+
+
+# --------------------------------------------------------------------------- mcl benchmark
+@pytest.fixture()
+def cli_env(tmp_path, monkeypatch, tiny_encoder):
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["benchmark", *args], catch_exceptions=False, env={"COLUMNS": "250"})
+
+
+def test_cli_runs_the_learner_and_full_fine_tuning_end_to_end(cli_env, demo_root, tiny_encoder):
+    out = cli_env / "bench"
+    args = ["--data", str(demo_root), "--order", "en,es", "--methods", "ad,seq-ft", "--seeds", "1",
+            "--fractions", "0", "--translate-fraction", "0", "--pairs", "40", "--eval-pairs", "40",
+            "--max-length", "16", "--batch-size", "16", "--encoder", str(tiny_encoder.path), "--device", "cpu",
+            "--out", str(out)]
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "2 runs now, 0 from earlier" in result.output and "report written to" in result.output
+    assert "MLflow run" in result.output
+    records = ResultsFile(out).read()
+    assert sorted(r.method for r in records) == ["ad", "seq-ft"]
+    assert all(len(r.matrix) == 2 and 0 <= r.average <= 1 and len(r.arrival_seconds) == 2 for r in records)
+    ad, full = sorted(records, key=lambda r: r.method)
+    assert ad.trainable_parameters < full.trainable_parameters
+    assert [s.stage for s in ad.stages] == ["adapter", "adapter", "fusion"]
+    text = (out / "report.md").read_text()
+    assert "| ad |" in text and "| seq-ft |" in text and "heatmap_ad.png" in text and "cheaper by" in text
+    config = json.loads((out / "benchmark.json").read_text())
+    assert config["config"]["order"] == ["en", "es"] and len(config["plan"]) == 2
+    again = _cli(*args, "--no-mlflow")
+    assert again.exit_code == 0 and "0 runs now, 2 from earlier" in again.output
+
+
+def test_cli_bad_data_is_one_clear_error_before_any_training(cli_env, tiny_encoder):
+    data = cli_env / "demo"
+    generate_demo(data, languages=("en", "es"), pairs_per_marketplace=200, seed=3)
+    valid = pd.read_parquet(data / "es" / "valid.parquet")
+    valid.loc[4, "label"] = 7
+    valid.to_parquet(data / "es" / "valid.parquet")
+    result = _cli("--data", str(data), "--order", "en,es", "--methods", "ad", "--encoder", str(tiny_encoder.path),
+                  "--out", str(cli_env / "bench"))
+    assert result.exit_code == 1
+    assert "valid.parquet" in result.output and "row 5" in result.output and "'label'" in result.output
+    assert result.output.count("error:") == 1
+    assert not (cli_env / "bench" / "results.jsonl").exists()
+
+
+def test_cli_rejects_unknown_methods_and_bad_sizes(cli_env, demo_root):
+    result = _cli("--data", str(demo_root), "--order", "en,es", "--methods", "ad,nope", "--out", str(cli_env / "b"))
+    assert result.exit_code == 2 and "unknown method(s) nope" in result.output
+    result = _cli("--data", str(demo_root), "--order", "en", "--out", str(cli_env / "b"))
+    assert result.exit_code == 2 and "at least two marketplaces" in result.output
+
+
+def test_esci_layout_loads_as_capped_marketplaces(tmp_path):
+    rows = []
+    for locale, words in (("us", ["red shoe", "blue lamp"]), ("es", ["zapato rojo", "lampara azul"])):
+        for q in range(40):
+            for p in range(4):
+                rows.append({"query_id": f"{locale}{q}", "query": f"{words[q % 2]} {q}", "product_id": f"P{q}-{p}",
+                             "product_locale": locale, "esci_label": "ESCI"[p], "product_title": f"item {q} {p}",
+                             "split": "test" if q >= 30 else "train"})
+    path = tmp_path / "examples.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    cfg = BenchmarkConfig(order=("us", "es"), max_train_pairs=40, max_eval_pairs=20)
+    data = BenchmarkData.from_esci(path, None, cfg)
+    assert [(m.id, m.language) for m in data.marketplaces.values()] == [("us", "en"), ("es", "es")]
+    for m in data.marketplaces.values():
+        assert len(m.train) == 40 and len(m.test) == 20 and set(m.train["label"]) == {0, 1}

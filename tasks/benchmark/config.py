@@ -54,7 +54,7 @@ class BenchmarkConfig:
     max_length: int = 32
     adapter_lr: float = 1e-3
     fusion_lr: float = 1e-4
-    full_lr: float = 3e-5
+    full_lr: float = 2e-5  # the usual BERT fine-tuning rate (the baselines' default)
     patience: int = 2
     device: str = "auto"
     encoder: str = ""  # a label for the report; the resolved encoder's checksum goes into the run keys

@@ -6,10 +6,11 @@ soon as its run ends. A rerun with the same configuration skips every run alread
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 #: ``run_method``'s signature: (name, encoder, marketplaces, cfg, translated_for=None, seed=13) -> MethodResult.
 Runner = Callable[..., Any]
+CONFIG_FILE = "benchmark.json"
 
 
 # --------------------------------------------------------------------------- methods
@@ -87,13 +89,23 @@ class BenchmarkData:
         """Read and validate every marketplace before anything trains (bad input: one ``DataValidationError``)."""
         from tasks.data import load_data_root
 
-        loaded = load_data_root(root, list(cfg.order), s3_endpoint_url=s3_endpoint_url)
-        capped = {}
-        for m in loaded:
-            capped[m.id] = replace(m, train=cap_table(m.train, cfg.max_train_pairs, cfg.data_seed),
-                                   valid=cap_table(m.valid, cfg.max_eval_pairs, cfg.data_seed),
-                                   test=cap_table(m.test, cfg.max_eval_pairs, cfg.data_seed))
-        return cls(capped)
+        return cls.capped(load_data_root(root, list(cfg.order), s3_endpoint_url=s3_endpoint_url), cfg)
+
+    @classmethod
+    def from_esci(cls, examples: Path | str, products: Path | str | None, cfg: BenchmarkConfig, *,
+                  s3_endpoint_url: str | None = None) -> BenchmarkData:
+        """ESCI in its published layout: the order names locales (``us``, ``es``, ``jp``)."""
+        from tasks.data import load_esci
+
+        return cls.capped([load_esci(examples, products, locale, seed=cfg.data_seed, s3_endpoint_url=s3_endpoint_url)
+                           for locale in cfg.order], cfg)
+
+    @classmethod
+    def capped(cls, marketplaces: Sequence[Marketplace], cfg: BenchmarkConfig) -> BenchmarkData:
+        return cls({m.id: replace(m, train=cap_table(m.train, cfg.max_train_pairs, cfg.data_seed),
+                                  valid=cap_table(m.valid, cfg.max_eval_pairs, cfg.data_seed),
+                                  test=cap_table(m.test, cfg.max_eval_pairs, cfg.data_seed))
+                   for m in marketplaces})
 
     def splits(self, order: Sequence[str]) -> list[MarketplaceSplits]:
         return [marketplace_splits(self.marketplaces[mid]) for mid in order]
@@ -116,12 +128,14 @@ class Translations:
     made: dict[tuple, tuple[dict[str, pd.DataFrame], float]] = field(default_factory=dict)
 
     def for_arrival(self, new: str, old: Sequence[str], fraction: float, seed: int) -> tuple[dict[str, pd.DataFrame], float]:
-        from tasks.pipeline import translate_step
-
         market = self.data.marketplaces[new]
         languages = tuple(dict.fromkeys(self.data.marketplaces[m].language for m in old))
         key = (new, languages, float(fraction), seed)
+        if key not in self.made and fraction <= 0:  # nothing to translate (and no orchestration imports)
+            self.made[key] = ({}, 0.0)
         if key not in self.made:
+            from tasks.pipeline import translate_step
+
             start = time.perf_counter()
             tables = translate_step(market.train, market.language, list(languages), fraction=fraction, seed=seed,
                                     backend=self.backend, cache_dir=self.cache_dir)
@@ -192,6 +206,11 @@ def run_benchmark(
     todo = [s for s in plan if s.key(run_hash) not in finished]
     log.info("benchmark: %d runs planned, %d already in %s, %d to run", len(plan), len(plan) - len(todo),
              results.path, len(todo))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / CONFIG_FILE).write_text(json.dumps({
+        "config": asdict(cfg), "run_hash": run_hash, "encoder": {"name": encoder.name, "checksum": encoder.checksum},
+        "data": data.hashes(), "plan": [s.key(run_hash) for s in plan],
+    }, indent=2))
     translations = Translations(data, cfg.translation_backend, Path(translation_cache))
     bar = tqdm(total=len(todo), desc="benchmark", unit="run", disable=not progress or not todo, position=0)
     try:
