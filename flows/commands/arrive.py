@@ -12,8 +12,10 @@ from flows.console import configure_logging, console, matrix_table
 
 def patient_local_prefect() -> None:
     """Give the ephemeral Prefect server time to create its database on a first run or a busy machine
-    (Prefect's default of 20 s is not always enough on 2 cores); must run before Prefect is imported."""
+    (Prefect's default of 20 s is not always enough on 2 cores), and keep it quiet on offline machines (its
+    telemetry logs an ERROR when it cannot reach the internet); must run before Prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def registry_tables(client: Any) -> list[Any]:
