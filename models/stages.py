@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.fusion_attention import FusionAttentionRecorder
+from models.fusion_attention import FusionAttentionRecorder, fusion_modules
 from models.losses import OmegaMode, attention_distillation_loss, relevance_loss
 from models.metrics import roc_auc
 from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches, encode_pairs
@@ -172,29 +172,12 @@ def distill_fusion(
     previous_head = teacher_fusion or names[0]  # M_{t-1}'s head: its fusion's, or the first adapter's at t = 2
     student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None,
                                head_from=previous_head if distill.head_init == "previous" else None)
-    recorder = FusionAttentionRecorder(model.net, student)
-    teacher = TeacherAttention(model, teacher_fusion, recorder.num_layers, cfg.precision)
-    params = model.parameters_of(fusion=student, heads=[student])
-    model.set_trainable(params)
-
-    pad = model.tokenizer.pad_token_id
+    teacher = TeacherAttention(model, teacher_fusion, len(fusion_modules(model.net, student)), cfg.precision)
     task = encode_pairs(train, model.tokenizer, model.max_length)
     extra = [encode_pairs(p, model.tokenizer, model.max_length) for p in translated]
-    distill_task = not extra  # paper §4.2: no translations, so D_t itself carries L_AD
     if distill.cache_teacher and distill.weight > 0:
         teacher.build_cache(extra or [task], cfg.eval_batch_size)
-    model.activate(student)
-
-    loss_fn = distillation_loss(model, student, recorder, teacher, distill, distill_task)
-    steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
-    result = fit(
-        model.net, params,
-        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, cfg.seed + epoch),
-        loss_fn=loss_fn,
-        evaluate=_validation(model, valid, student, cfg.eval_batch_size),
-        cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,
-    )
-    model.set_trainable([])
+    result = _train_fusion(model, student, teacher, task, extra, valid, cfg, distill, checkpoint)
     if teacher_fusion is not None:
         model.remove_fusion(teacher_fusion)
     model.fusion = student
@@ -205,3 +188,74 @@ def distill_fusion(
         "distill": asdict(distill),
     }
     return StageReport("fusion", names[-1], result, model.total_parameters(), details)
+
+
+def redistill_fusion(
+    model: RelevanceModel,
+    train: Pairs,
+    valid: Pairs,
+    cfg: TrainConfig,
+    distill: DistillConfig | None = None,
+    *,
+    checkpoint: Path | None = None,
+) -> StageReport:
+    """Retraining: a fresh fusion over the SAME adapters learns fresh labelled data of existing marketplaces
+    with cross-entropy while distilling the current fusion's attention on that data (CE + λ·L_AD per batch).
+
+    Adapters stay as they are, so old knowledge in them is untouched; the teacher's attention keeps the
+    routing the current model learnt. Teacher and student would carry the same fusion name, so the
+    teacher's attention is cached first and its fusion removed before the student is created.
+    """
+    distill = distill or DistillConfig()
+    teacher_fusion = model.fusion
+    if teacher_fusion is None:
+        raise ValueError("nothing to re-distil: the model has no fusion (a single marketplace is retrained by "
+                         "replacing its adapter)")
+    seed_everything(cfg.seed)
+    names = model.adapter_names
+    teacher = TeacherAttention(model, teacher_fusion, len(fusion_modules(model.net, teacher_fusion)), cfg.precision)
+    task = encode_pairs(train, model.tokenizer, model.max_length)
+    if distill.weight > 0:
+        teacher.build_cache([task], cfg.eval_batch_size)
+    kept = {k: v.detach().clone() for k, v in model.net.state_dict().items()
+            if f"fusion_layer.{teacher_fusion}." in k or k.startswith(f"heads.{teacher_fusion}.")}
+    model.remove_fusion(teacher_fusion)
+    student = model.add_fusion(names)
+    restore = {k: v for k, v in kept.items()
+               if (distill.warm_start and "fusion_layer." in k) or (distill.head_init == "previous" and "heads." in k)}
+    model.net.load_state_dict(restore, strict=False)
+    result = _train_fusion(model, student, teacher, task, [], valid, cfg, distill, checkpoint)
+    model.fusion = student
+    return StageReport("refusion", ",".join(names), result, model.total_parameters(),
+                       {"teacher": teacher_fusion, "distill": asdict(distill), "examples": len(task)})
+
+
+def _train_fusion(
+    model: RelevanceModel,
+    student: str,
+    teacher: TeacherAttention,
+    task: EncodedPairs,
+    extra: Sequence[EncodedPairs],
+    valid: Pairs,
+    cfg: TrainConfig,
+    distill: DistillConfig,
+    checkpoint: Path | None,
+) -> FitResult:
+    """Stage 3's training, shared by an arrival and a retraining: only the student fusion and its head learn."""
+    recorder = FusionAttentionRecorder(model.net, student)
+    params = model.parameters_of(fusion=student, heads=[student])
+    model.set_trainable(params)
+    model.activate(student)
+    pad = model.tokenizer.pad_token_id
+    distill_task = not extra  # paper §4.2: no translations, so D_t itself carries L_AD
+    loss_fn = distillation_loss(model, student, recorder, teacher, distill, distill_task)
+    steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
+    result = fit(
+        model.net, params,
+        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, cfg.seed + epoch),
+        loss_fn=loss_fn,
+        evaluate=_validation(model, valid, student, cfg.eval_batch_size),
+        cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,
+    )
+    model.set_trainable([])
+    return result

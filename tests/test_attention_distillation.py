@@ -140,3 +140,64 @@ def test_teacher_cache_equals_recomputation(tiny_encoder):
     assert from_cache.item() == pytest.approx(recomputed.item(), rel=2e-3)
     assert recomputed.item() > 0
     assert model.net.active_adapters.name == student, "the teacher pass must hand routing back to the student"
+
+
+def _fused_two_marketplace_model(tiny_encoder) -> RelevanceModel:
+    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    for lang in ("en", "es"):
+        model.add_marketplace(MarketplaceSpec(lang, lang))
+    model.fusion = model.add_fusion(["en", "es"])
+    torch.manual_seed(3)
+    with torch.no_grad():  # a teacher fusion that is not at its initialisation
+        for name, p in model.net.named_parameters():
+            if "adapter_fusion_layer.en,es." in name and (".query." in name or ".key." in name):
+                p.add_(0.5 * torch.randn_like(p))  # sharp, non-uniform attention
+            elif name.startswith("heads.en,es."):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_redistillation_keeps_adapters_and_distils_the_current_fusion(tiny_encoder):
+    from models.stages import redistill_fusion
+    from models.training import TrainConfig
+
+    model = _fused_two_marketplace_model(tiny_encoder)
+    fresh, valid = make_pairs("es", 24, 21), make_pairs("es", 12, 22)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    teacher_scores = model.predict_proba(valid)
+    report = redistill_fusion(model, fresh, valid, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-2),
+                              DistillConfig(regularization=False))
+    after = model.net.state_dict()
+    assert model.fusion == "en,es" and report.stage == "refusion"
+    assert all(torch.equal(before[k], after[k]) for k in before if ".adapters." in k), "an adapter changed"
+    assert any(not torch.equal(before[k], after[k]) for k in before if "adapter_fusion_layer.en,es." in k)
+    history = report.fit.history[0]
+    assert history["ad"] > 0 and history["ce"] > 0  # every fresh batch: CE + λ·L_AD against the old fusion
+    assert not (model.predict_proba(valid) == teacher_scores).all()
+
+
+def test_redistillation_from_a_warm_start_begins_at_the_teacher(tiny_encoder):
+    """Warm start + the previous head + a zero learning rate: the student is the teacher."""
+    from models.stages import redistill_fusion
+    from models.training import TrainConfig
+
+    model = _fused_two_marketplace_model(tiny_encoder)
+    valid = make_pairs("es", 12, 22)
+    teacher_scores = model.predict_proba(valid)
+    teacher_state = {k: v.clone() for k, v in model.net.state_dict().items() if "en,es" in k}
+    redistill_fusion(model, make_pairs("es", 16, 21), valid,
+                     TrainConfig(epochs=1, batch_size=8, learning_rate=0.0, warmup_ratio=0.0),
+                     DistillConfig(warm_start=True, regularization=False))
+    student_state = model.net.state_dict()
+    assert len(teacher_state) > 4 and all(torch.equal(v, student_state[k]) for k, v in teacher_state.items())
+    assert model.predict_proba(valid) == pytest.approx(teacher_scores, abs=1e-6)
+
+
+def test_redistillation_needs_a_fusion(tiny_encoder):
+    from models.stages import redistill_fusion
+    from models.training import TrainConfig
+
+    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    model.add_marketplace(MarketplaceSpec("en", "en"))
+    with pytest.raises(ValueError, match="nothing to re-distil"):
+        redistill_fusion(model, make_pairs("en", 8, 1), make_pairs("en", 8, 2), TrainConfig(epochs=1))
