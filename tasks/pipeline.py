@@ -149,6 +149,23 @@ def fusion_step(
     return _finish(model, work_dir, checkpoint, report)
 
 
+def redistill_step(
+    teacher_dir: str,
+    encoder: EncoderRef,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    cfg: LearnerConfig,
+    work_dir: Path,
+) -> StageOutput:
+    """Retraining: a fresh fusion over the champion's adapters, CE on fresh data + L_AD against the champion's fusion."""
+    from models.stages import redistill_fusion
+
+    model = _load_or_create(teacher_dir, encoder, cfg)
+    checkpoint = work_dir / "refusion-epoch.pt"
+    report = redistill_fusion(model, to_pairs(train), to_pairs(valid), cfg.fusion, cfg.distill, checkpoint=checkpoint)
+    return _finish(model, work_dir, checkpoint, report)
+
+
 def evaluate_step(
     model_dir: str,
     encoder: EncoderRef,
@@ -277,6 +294,13 @@ def fusion_task(key: str, adapter_dir: str, encoder: EncoderRef, train: pd.DataF
                 parent_run_id: str | None = None) -> StageOutput:
     return _in_step("attention-distill-fusion", fusion_step, parent_run_id, _log_stage,
                     adapter_dir, encoder, train, valid, translated, cfg, work_dir)
+
+
+@task(name="re-distill-fusion", cache_key_fn=keyed_cache, persist_result=True)
+def redistill_task(key: str, teacher_dir: str, encoder: EncoderRef, train: pd.DataFrame, valid: pd.DataFrame,
+                   cfg: LearnerConfig, work_dir: Path, parent_run_id: str | None = None) -> StageOutput:
+    return _in_step("re-distill-fusion", redistill_step, parent_run_id, _log_stage,
+                    teacher_dir, encoder, train, valid, cfg, work_dir)
 
 
 @task(name="evaluate", cache_key_fn=keyed_cache, persist_result=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import make_pairs
 
@@ -323,3 +324,39 @@ def test_scheduled_retraining_replaces_the_latest_marketplace_from_fresh_data(mc
     assert result["version"] == "2" and result["alias"] == "champion"
     champion = registry.alias_version(client(), registry.CHAMPION)
     assert champion.marketplaces == ["en"] and champion.parent is None
+
+
+def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, tiny_encoder, monkeypatch):
+    from flows.retrain import scheduled_retraining
+    from models.relevance import RelevanceModel
+    from tasks import registry
+    from tasks.settings import get_settings
+
+    arrive(mcl, tiny_encoder, "en")
+    arrive(mcl, tiny_encoder, "es", **LENIENT)
+    c = client()
+    before = registry.alias_version(c, registry.CHAMPION)
+    fresh = mcl / "fresh" / "es"
+    fresh.mkdir(parents=True)
+    for split, path in write_marketplace(mcl / "second-batch", "es", n=48).items():
+        Path(path).rename(fresh / f"{split}.parquet")
+    (fresh / "_READY").write_text('{"language": "es"}')
+    monkeypatch.setenv("MCL_ENCODER", str(tiny_encoder.path))
+    get_settings.cache_clear()
+
+    result = scheduled_retraining(str(mcl / "fresh"), fusion_epochs=1, batch_size=16, max_length=16,
+                                  max_regression=1.0)
+    after = registry.alias_version(c, registry.CHAMPION)
+    assert result["version"] == after.version == "3" and result["retrained_on"] == ["es"]
+    assert after.tags["kind"] == "retrain" and after.parent == before.version
+    assert after.marketplaces == ["en", "es"] and after.test_sets == before.test_sets
+    assert set(after.data_hashes["es"]) == {"train", "valid", "test", "retrain_train", "retrain_valid"}
+    runs = c.search_runs([c.get_experiment_by_name(registry.EXPERIMENT).experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert {r.info.run_name for r in runs} == {"re-distill-fusion", "evaluate", "register"}
+
+    ref = _ref(c, after, tiny_encoder)
+    old = RelevanceModel.load(registry.model_folder(before, mcl / "dl"), ref).net.state_dict()
+    new = RelevanceModel.load(registry.model_folder(after, mcl / "dl"), ref).net.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if ".adapters." in k)  # adapters untouched
+    assert any(not torch.equal(old[k], new[k]) for k in old if "adapter_fusion_layer.en,es." in k)
