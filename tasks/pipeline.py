@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from models.sequence import LearnerConfig
 
 log = logging.getLogger(__name__)
+# Logging a dataset (mlflow.data.from_pandas) warns that the integer label column could not hold missing
+# values; the data contract forbids missing labels, so on every arrival this is noise in the operator's log.
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 REGISTRY_LOCK = "mcl-registry"
 T = TypeVar("T")
