@@ -109,7 +109,12 @@ def _load_or_create(teacher_dir: str | None, encoder: EncoderRef, cfg: LearnerCo
     return RelevanceModel.load(teacher_dir, encoder, device=device)
 
 
-def _finish(model, work_dir: Path, checkpoint: Path, report) -> StageOutput:
+def _stage_in_folder(model_dir: str | None, encoder: EncoderRef, cfg: LearnerConfig, work_dir: Path, name: str,
+                     train: Callable[[Any, Path], Any]) -> StageOutput:
+    """Load the step's input model, train it with per-epoch checkpoints in ``work_dir``, save the result there."""
+    model = _load_or_create(model_dir, encoder, cfg)
+    checkpoint = work_dir / f"{name}-epoch.pt"
+    report = train(model, checkpoint)
     out = model.save(work_dir / "model")
     checkpoint.unlink(missing_ok=True)  # the saved folder supersedes the epoch checkpoint
     return StageOutput(str(out), report.as_dict())
@@ -127,10 +132,8 @@ def adapter_step(
     """Stage 2 on top of the teacher M_{t-1} (or a bare encoder): the teacher's adapters and fusion stay as they are."""
     from models.stages import train_language_adapter
 
-    model = _load_or_create(teacher_dir, encoder, cfg)
-    checkpoint = work_dir / "adapter-epoch.pt"
-    report = train_language_adapter(model, spec, to_pairs(train), to_pairs(valid), cfg.adapter, checkpoint=checkpoint)
-    return _finish(model, work_dir, checkpoint, report)
+    return _stage_in_folder(teacher_dir, encoder, cfg, work_dir, "adapter", lambda model, checkpoint: (
+        train_language_adapter(model, spec, to_pairs(train), to_pairs(valid), cfg.adapter, checkpoint=checkpoint)))
 
 
 def fusion_step(
@@ -145,12 +148,9 @@ def fusion_step(
     """Stage 3: a fresh fusion over all adapters, distilling the teacher fusion's attention on T_k."""
     from models.stages import distill_fusion
 
-    model = _load_or_create(adapter_dir, encoder, cfg)
     sets = [to_pairs(table, translated_source(lang)) for lang, table in sorted(translated.items())]
-    checkpoint = work_dir / "fusion-epoch.pt"
-    report = distill_fusion(model, to_pairs(train), to_pairs(valid), sets, cfg.fusion, cfg.distill,
-                            checkpoint=checkpoint)
-    return _finish(model, work_dir, checkpoint, report)
+    return _stage_in_folder(adapter_dir, encoder, cfg, work_dir, "fusion", lambda model, checkpoint: (
+        distill_fusion(model, to_pairs(train), to_pairs(valid), sets, cfg.fusion, cfg.distill, checkpoint=checkpoint)))
 
 
 def redistill_step(
@@ -164,10 +164,8 @@ def redistill_step(
     """Retraining: a fresh fusion over the champion's adapters, CE on fresh data + L_AD against the champion's fusion."""
     from models.stages import redistill_fusion
 
-    model = _load_or_create(teacher_dir, encoder, cfg)
-    checkpoint = work_dir / "refusion-epoch.pt"
-    report = redistill_fusion(model, to_pairs(train), to_pairs(valid), cfg.fusion, cfg.distill, checkpoint=checkpoint)
-    return _finish(model, work_dir, checkpoint, report)
+    return _stage_in_folder(teacher_dir, encoder, cfg, work_dir, "refusion", lambda model, checkpoint: (
+        redistill_fusion(model, to_pairs(train), to_pairs(valid), cfg.fusion, cfg.distill, checkpoint=checkpoint)))
 
 
 def evaluate_step(

@@ -238,3 +238,21 @@ def test_ad_under_run_method_is_learn_sequence(tiny_encoder, marketplaces):
     sequence = learn_sequence(tiny_encoder, two, CFG.learner, _translated_for([]))
     method = run_method("ad", tiny_encoder, two, CFG, _translated_for([]), seed=CFG.learner.adapter.seed)
     np.testing.assert_array_equal(method.metrics.matrix, sequence.metrics.matrix)
+
+
+def test_adapter_methods_share_identical_adapters_and_still_pay_for_them(tiny_encoder, marketplaces):
+    """adapter-only and ad (same seed, same data) train the same A_k: the second run copies it from the
+    bank, gets the same adapter scores, and its arrival time still includes the original training time."""
+    from models.baselines.adapter_bank import SHARED
+
+    two = marketplaces[:2]
+    first = run_method("adapter-only", tiny_encoder, two, CFG, seed=31)
+    banked = len(SHARED)
+    second = run_method("adapter-only", tiny_encoder, two, CFG, seed=31)
+    assert len(SHARED) == banked  # nothing new was trained
+    np.testing.assert_array_equal(second.metrics.matrix, first.metrics.matrix)
+    reused = [r.details["reused_seconds"] for r in second.reports]
+    assert len(reused) == 2 and all(s > 0 for s in reused)
+    assert all(a >= s for a, s in zip(second.arrival_seconds, reused, strict=True))
+    other_seed = run_method("adapter-only", tiny_encoder, two, CFG, seed=32)
+    assert len(SHARED) == banked + 2 and "reused_seconds" not in other_seed.reports[0].details

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.baselines.adapter_bank import SHARED
 from models.baselines.method import ContinualMethod, MethodConfig, concat_pairs
 from models.device import resolve_device
 from models.pairs import Pairs
 from models.relevance import RelevanceModel
 from models.sequence import LearnerConfig, MarketplaceSplits, learn_marketplace
-from models.stages import StageReport, distill_fusion, train_language_adapter
+from models.stages import StageReport, distill_fusion
 
 if TYPE_CHECKING:
     from models.encoders import EncoderRef
@@ -75,7 +76,8 @@ class AttentionDistillation(_RelevanceMethod):
     uses_translation = True
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
-        self.model, self.last_reports = learn_marketplace(self._model(), self.encoder, data, translated, self.learner)
+        self.model, self.last_reports = learn_marketplace(self._model(), self.encoder, data, translated, self.learner,
+                                                          train_adapter=SHARED.train)
         return self.last_reports
 
 
@@ -107,7 +109,7 @@ class AdapterOnly(_RelevanceMethod):
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         model = self._model()
-        self.last_reports = [train_language_adapter(model, data.spec, data.train, data.valid, self.learner.adapter)]
+        self.last_reports = [SHARED.train(model, data.spec, data.train, data.valid, self.learner.adapter)]
         return self.last_reports
 
     def _setup(self, marketplace_id: str) -> str | None:
@@ -130,7 +132,7 @@ class JointFusion(_RelevanceMethod):
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         model = self._model()
         self.seen.append(data)
-        reports = [train_language_adapter(model, data.spec, data.train, data.valid, self.learner.adapter)]
+        reports = [SHARED.train(model, data.spec, data.train, data.valid, self.learner.adapter)]
         if len(self.seen) > 1:
             train = concat_pairs([m.train for m in self.seen])
             valid = concat_pairs([m.valid for m in self.seen])
