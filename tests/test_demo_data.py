@@ -169,3 +169,16 @@ def test_cli_demo(tmp_path: Path) -> None:
     assert runner.invoke(app, ["validate", str(tmp_path / "d" / "de")]).exit_code == 0
     failed = runner.invoke(app, ["demo", "--out", str(tmp_path / "e"), "--languages", "en,zz"])
     assert failed.exit_code == 1 and "no demo vocabulary" in failed.output
+
+
+def test_split_fractions_size_the_test_split_by_query(tmp_path: Path) -> None:
+    folders = generate_demo(tmp_path, ("en",), pairs_per_marketplace=1100, seed=3, valid_fraction=0.1,
+                            test_fraction=0.35)
+    parts = {s: pd.read_parquet(folders["en"] / f"{s}.parquet") for s in ("train", "valid", "test")}
+    sizes = {s: len(t) for s, t in parts.items()}
+    assert sum(sizes.values()) == 1100
+    assert 0.30 < sizes["test"] / 1100 < 0.40 and 0.06 < sizes["valid"] / 1100 < 0.14
+    queries = {s: set(t["query"]) for s, t in parts.items()}
+    assert not (queries["test"] & queries["train"]) and not (queries["test"] & queries["valid"])
+    with pytest.raises(ValueError, match="leave at least 10% of the queries"):
+        generate_demo(tmp_path / "bad", ("en",), pairs_per_marketplace=100, valid_fraction=0.5, test_fraction=0.45)

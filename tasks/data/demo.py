@@ -244,12 +244,12 @@ class _MarketplaceGenerator:
         table.insert(2, "product_id", [f"{self.language.upper()}{i:07d}" for i in range(1, len(table) + 1)])
         return table
 
-    def split(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    def split(self, table: pd.DataFrame, fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, pd.DataFrame]:
         """Split by query (no query in two splits), then shuffle rows so a head() of a split is a fair sample."""
         queries = sorted(table["query_id"].unique().tolist())
         self.rng.shuffle(queries)
-        n_valid = max(1, round(len(queries) * SPLIT_FRACTIONS["valid"]))
-        n_test = max(1, round(len(queries) * SPLIT_FRACTIONS["test"]))
+        n_valid = max(1, round(len(queries) * fractions["valid"]))
+        n_test = max(1, round(len(queries) * fractions["test"]))
         groups = {"valid": queries[:n_valid], "test": queries[n_valid:n_valid + n_test],
                   "train": queries[n_valid + n_test:]}
         out = {}
@@ -330,11 +330,16 @@ def _readme(vocab: Vocabulary, splits: dict[str, dict[str, pd.DataFrame]], seed:
 
 
 def generate_demo(out_dir: str | os.PathLike, languages: Sequence[str] = ("en", "es", "fr", "de", "ja"),
-                  pairs_per_marketplace: int = 3000, seed: int = 13) -> dict[str, Path]:
+                  pairs_per_marketplace: int = 3000, seed: int = 13, *, valid_fraction: float = 0.1,
+                  test_fraction: float = 0.1) -> dict[str, Path]:
     """Write ``<out>/<language>/{train,valid,test}.parquet`` + ``marketplace.json`` and ``<out>/README.md``.
 
-    Returns the marketplace folders by id (the id is the language code).
+    ``valid_fraction``/``test_fraction`` are fractions of queries; a larger test split makes small ROC-AUC
+    differences (a promotion gate's 0.01) measurable. Returns the marketplace folders by id (the language code).
     """
+    if not (0 < valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 0.9):
+        raise ValueError(f"valid_fraction and test_fraction must be positive and leave at least 10% of the queries "
+                         f"for training, got {valid_fraction} and {test_fraction}")
     vocab = Vocabulary.shipped()
     languages = list(languages)
     unknown = [lang for lang in languages if lang not in vocab.languages]
@@ -349,7 +354,8 @@ def generate_demo(out_dir: str | os.PathLike, languages: Sequence[str] = ("en", 
     splits = {}
     for language in languages:
         generator = _MarketplaceGenerator(vocab, language, seed)
-        splits[language] = generator.split(generator.generate(pairs_per_marketplace))
+        splits[language] = generator.split(generator.generate(pairs_per_marketplace),
+                                           {"valid": valid_fraction, "test": test_fraction})
     folders = {}
     for language, parts in splits.items():
         folder = out / language
