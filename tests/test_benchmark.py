@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,7 +120,8 @@ def test_random_orders_are_deterministic_distinct_and_start_with_the_given_order
 
 
 def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
-    cfg = BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=2, orders=2, fractions=(0.0, 0.3, 1.0))
+    cfg = BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=2, orders=2, fractions=(0.0, 0.3, 1.0),
+                          sweep_seeds=2)
     plan = plan_runs(cfg, _translates)
     main = [s for s in plan if s.main]
     assert len(main) == 2 * 2 * 2
@@ -132,12 +135,17 @@ def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
     # the main run at 0.3 is also the sweep's 0.3 point: 8 main runs + 4 sweep-only runs
     assert len(plan) == 12 and len({s.key("h") for s in plan}) == 12
     assert [s for s in plan if s.sweep and s.main and s.order == first and s.fraction == 0.3]
+    # by default the sweep runs for the first seed only: 8 main runs + 2 sweep-only runs
+    one = plan_runs(replace(cfg, sweep_seeds=1), _translates)
+    assert sorted((s.seed, s.fraction) for s in one if s.sweep) == [(13, 0.0), (13, 0.3), (13, 1.0)]
+    assert len(one) == 10
 
 
 def test_config_hash_follows_the_knobs_not_the_plan():
     a = BenchmarkConfig(order=ORDER, methods=("ad",), seeds=1)
     assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=3).run_hash("enc")
-    assert a.run_hash("enc") != BenchmarkConfig(order=ORDER, methods=("ad",), epochs=2).run_hash("enc")
+    assert a.run_hash("enc") != BenchmarkConfig(order=ORDER, methods=("ad",), epochs=3).run_hash("enc")
+    assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad",), sweep_seeds=2).run_hash("enc")
     assert a.run_hash("enc") != a.run_hash("other-encoder")
     with pytest.raises(ValueError, match="at least two marketplaces"):
         BenchmarkConfig(order=("en",))
@@ -250,7 +258,7 @@ def test_mlflow_run_holds_metrics_params_and_report(tmp_path):
 
 # --------------------------------------------------------------------------- running and resuming
 def _cfg(**kw) -> BenchmarkConfig:
-    base = dict(order=ORDER, methods=("ad", "seq-ft"), seeds=2, fractions=(0.0, 0.3), max_train_pairs=60,
+    base = dict(order=ORDER, methods=("ad", "seq-ft"), seeds=2, fractions=(0.0, 0.3), sweep_seeds=2, max_train_pairs=60,
                 max_eval_pairs=40)
     return BenchmarkConfig(**{**base, **kw})
 
@@ -300,7 +308,7 @@ def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, m
     assert {c[2:] for c in translations} == {(0.3, 13), (0.3, 14)}, "fraction 0 needs no translator"
     assert len(translations) == 4, "each (arrival, older languages, fraction, seed) is translated once"
     assert sorted(c[:2] for c in translations) == [("es", ("en",))] * 2 + [("fr", ("en", "es"))] * 2
-    changed = run_benchmark(_cfg(epochs=2), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
+    changed = run_benchmark(_cfg(epochs=3), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
                             translation_uses=_translates, configure=lambda c, s: None,
                             translation_cache=tmp_path / "tc", progress=False)
     assert changed.ran == 6 and len(runner.calls) == 12

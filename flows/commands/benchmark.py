@@ -28,18 +28,19 @@ def benchmark(
     esci_examples: Annotated[Optional[str], typer.Option(help="ESCI examples table (instead of --data); the order names locales.")] = None,
     esci_products: Annotated[Optional[str], typer.Option(help="ESCI products table (omit when the examples carry product columns).")] = None,
     methods: Annotated[Optional[str], typer.Option(help="Methods, comma separated (default: all): ad, ad-no-translation, fusion-no-distill, adapter-only, joint-fusion, sm, seq-ft, ewc, lwf, hat, replay.")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds per method and order (default 3; --quick 1).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per method and order (default 2; --quick 1).")] = None,
+    sweep_seeds: Annotated[Optional[int], typer.Option(help="How many of the seeds the fraction sweep runs for (default 1).")] = None,
     orders: Annotated[Optional[int], typer.Option(help="Sequence orders: the given one plus N-1 distinct random permutations (Table 2; default 1).")] = None,
     fractions: Annotated[Optional[str], typer.Option(help="Translation-fraction sweep of `ad` on the first order, '' to skip (default 0,0.1,0.3,0.5,1.0; --quick 0,0.3).")] = None,
     translate_fraction: Annotated[Optional[float], typer.Option(help="Fraction translated for every method that translates (default 0.3).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Translation backend: auto, opus-mt, ctranslate2, apertium. With auto and no route, runs go on untranslated with a warning (default auto).")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder: hub id, local folder, or the embedded default.")] = None,
     quick: Annotated[bool, typer.Option(help="A smoke run: 1 seed, 64 pairs, max length 24, sweep 0,0.3 (explicit options still win).")] = False,
-    pairs: Annotated[Optional[int], typer.Option(help="Train pairs per marketplace, whole queries, 0 = all (default 200; --quick 64).")] = None,
+    pairs: Annotated[Optional[int], typer.Option(help="Train pairs per marketplace, whole queries, 0 = all (default 250; --quick 64).")] = None,
     eval_pairs: Annotated[Optional[int], typer.Option(help="Valid and test pairs per marketplace, 0 = all (default 200; --quick 64).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per adapter and fusion stage (default 1).")] = None,
-    full_epochs: Annotated[Optional[int], typer.Option(help="Epochs per full fine-tuning stage (default 1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Default 16.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per adapter and fusion stage (default 2).")] = None,
+    full_epochs: Annotated[Optional[int], typer.Option(help="Epochs per full fine-tuning stage (default 2).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Default 8.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per pair (default 32; --quick 24).")] = None,
     adapter_lr: Annotated[Optional[float], typer.Option(help="Default 1e-3.")] = None,
     fusion_lr: Annotated[Optional[float], typer.Option(help="Default 1e-4.")] = None,
@@ -58,7 +59,7 @@ def benchmark(
     sequence, mean ± std, BWT, forgetting, trainable parameters, training time) and writes OUT/report.md
     with R heatmaps, ROC-AUC curves, the fraction sweep (Figure 4) and a performance section.
 
-    Runs = methods x seeds x orders + (sweep fractions - 1) x seeds. The knobs that size it, biggest
+    Runs = methods x seeds x orders + (sweep fractions - 1) x sweep seeds. The knobs that size it, biggest
     first: --methods, --seeds, --pairs, --epochs/--full-epochs, --max-length, --eval-pairs. On a GPU, at
     full scale: --pairs 0 --eval-pairs 0 --epochs 5 --full-epochs 3 --max-length 64 --batch-size 32
     --device cuda.
@@ -83,7 +84,7 @@ def benchmark(
     settings = get_settings()
     ids = _ids(order)
     chosen = _ids(methods) if methods else method_names()
-    given = dict(methods=tuple(chosen), seeds=seeds, orders=orders, order_seed=order_seed,
+    given = dict(methods=tuple(chosen), seeds=seeds, sweep_seeds=sweep_seeds, orders=orders, order_seed=order_seed,
                  fractions=None if fractions is None else _fractions(fractions), translate_fraction=translate_fraction,
                  translation_backend=backend, max_train_pairs=pairs, max_eval_pairs=eval_pairs, epochs=epochs,
                  full_epochs=full_epochs, batch_size=batch_size, max_length=max_length, adapter_lr=adapter_lr,
