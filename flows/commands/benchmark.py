@@ -35,16 +35,17 @@ def benchmark(
     translate_fraction: Annotated[Optional[float], typer.Option(help="Fraction translated for every method that translates (default 0.3).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Translation backend: auto, opus-mt, ctranslate2, apertium. With auto and no route, runs go on untranslated with a warning (default auto).")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder: hub id, local folder, or the embedded default.")] = None,
-    quick: Annotated[bool, typer.Option(help="A smoke run: 1 seed, 64 pairs, max length 24, sweep 0,0.3 (explicit options still win).")] = False,
-    pairs: Annotated[Optional[int], typer.Option(help="Train pairs per marketplace, whole queries, 0 = all (default 250; --quick 64).")] = None,
+    quick: Annotated[bool, typer.Option(help="A smoke run: 1 seed, 64 pairs, 1 epoch per stage, max length 24, sweep 0,0.3 (explicit options still win).")] = False,
+    pairs: Annotated[Optional[int], typer.Option(help="Train pairs per marketplace, whole queries, 0 = all (default 300; --quick 64).")] = None,
     eval_pairs: Annotated[Optional[int], typer.Option(help="Valid and test pairs per marketplace, 0 = all (default 200; --quick 64).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per adapter and fusion stage (default 2).")] = None,
-    full_epochs: Annotated[Optional[int], typer.Option(help="Epochs per full fine-tuning stage (default 2).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per adapter stage, HAT's included (default 4).")] = None,
+    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs per fusion stage (default 2).")] = None,
+    full_epochs: Annotated[Optional[int], typer.Option(help="Epochs per full fine-tuning stage (default 3).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Default 8.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per pair (default 32; --quick 24).")] = None,
     adapter_lr: Annotated[Optional[float], typer.Option(help="Default 1e-3.")] = None,
     fusion_lr: Annotated[Optional[float], typer.Option(help="Default 1e-4.")] = None,
-    full_lr: Annotated[Optional[float], typer.Option(help="Default 2e-5.")] = None,
+    full_lr: Annotated[Optional[float], typer.Option(help="Default 5e-5.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default from settings).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed; the others follow it (default settings' seed).")] = None,
     order_seed: Annotated[int, typer.Option(help="Seeds the random orders.")] = 0,
@@ -60,8 +61,8 @@ def benchmark(
     with R heatmaps, ROC-AUC curves, the fraction sweep (Figure 4) and a performance section.
 
     Runs = methods x seeds x orders + (sweep fractions - 1) x sweep seeds. The knobs that size it, biggest
-    first: --methods, --seeds, --pairs, --epochs/--full-epochs, --max-length, --eval-pairs. On a GPU, at
-    full scale: --pairs 0 --eval-pairs 0 --epochs 5 --full-epochs 3 --max-length 64 --batch-size 32
+    first: --methods, --seeds, --pairs, --epochs/--fusion-epochs/--full-epochs, --max-length, --eval-pairs. On a GPU, at
+    full scale: --pairs 0 --eval-pairs 0 --epochs 5 --fusion-epochs 5 --full-epochs 3 --max-length 64 --batch-size 32
     --device cuda.
     """
     configure_logging(verbose)
@@ -87,6 +88,7 @@ def benchmark(
     given = dict(methods=tuple(chosen), seeds=seeds, sweep_seeds=sweep_seeds, orders=orders, order_seed=order_seed,
                  fractions=None if fractions is None else _fractions(fractions), translate_fraction=translate_fraction,
                  translation_backend=backend, max_train_pairs=pairs, max_eval_pairs=eval_pairs, epochs=epochs,
+                 fusion_epochs=fusion_epochs,
                  full_epochs=full_epochs, batch_size=batch_size, max_length=max_length, adapter_lr=adapter_lr,
                  fusion_lr=fusion_lr, full_lr=full_lr, device=device or settings.device,
                  base_seed=settings.seed if seed is None else seed, encoder=encoder or settings.encoder)

@@ -145,7 +145,7 @@ def _config_lines(cfg: BenchmarkConfig | None, records: Sequence[RunRecord]) -> 
         f"- first order: {' > '.join(cfg.order)}; orders: {cfg.orders}; seeds: {', '.join(map(str, cfg.seed_values))}",
         f"- pairs per marketplace: train ≤ {cfg.max_train_pairs or 'all'}, valid/test ≤ {cfg.max_eval_pairs or 'all'}; "
         f"max length {cfg.max_length}; batch {cfg.batch_size}",
-        f"- epochs: {cfg.epochs} per adapter/fusion stage, {cfg.full_epochs} per full fine-tuning stage; "
+        f"- epochs: {cfg.epochs} per adapter stage, {cfg.fusion_epochs} per fusion stage, {cfg.full_epochs} per full fine-tuning stage; "
         f"learning rates adapter {cfg.adapter_lr:g}, fusion {cfg.fusion_lr:g}, full {cfg.full_lr:g}",
         f"- translation: fraction {cfg.translate_fraction:g} for the methods that translate, backend "
         f"`{cfg.translation_backend}`; sweep {', '.join(f'{f:g}' for f in cfg.fractions) or 'none'}",

@@ -62,7 +62,7 @@ def method_config(cfg: BenchmarkConfig, seed: int):
     from models.baselines import MethodConfig
     from models.training import TrainConfig
 
-    learner = learner_config(adapter_epochs=cfg.epochs, fusion_epochs=cfg.epochs, batch_size=cfg.batch_size,
+    learner = learner_config(adapter_epochs=cfg.epochs, fusion_epochs=cfg.fusion_epochs, batch_size=cfg.batch_size,
                              adapter_lr=cfg.adapter_lr, fusion_lr=cfg.fusion_lr, patience=cfg.patience,
                              max_length=cfg.max_length, seed=seed, device=cfg.device)
     full = TrainConfig(epochs=cfg.full_epochs, batch_size=cfg.batch_size, learning_rate=cfg.full_lr,
