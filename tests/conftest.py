@@ -54,3 +54,17 @@ def marketplaces():
                           make_pairs(lang, 32, 3))
         for lang in ("en", "es", "fr")
     ]
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch):
+    """A CLI test's own cache dir (settings re-read), and MLflow's tracking URI reset afterwards."""
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+    import mlflow
+
+    mlflow.set_tracking_uri(None)

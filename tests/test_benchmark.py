@@ -333,16 +333,8 @@ def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch)
 
 # --------------------------------------------------------------------------- mcl benchmark
 @pytest.fixture()
-def cli_env(tmp_path, monkeypatch, tiny_encoder):
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
+def cli_env(isolated_cache, tiny_encoder):
+    return isolated_cache
 
 
 def _cli(*args: str):

@@ -13,13 +13,8 @@ from tasks.data import generate_demo
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, tiny_encoder):
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
+def env(isolated_cache, tiny_encoder):
+    return isolated_cache
 
 
 def _run(*args: str):
