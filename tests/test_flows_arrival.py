@@ -360,3 +360,24 @@ def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, t
     new = RelevanceModel.load(registry.model_folder(after, mcl / "dl"), ref).net.state_dict()
     assert all(torch.equal(old[k], new[k]) for k in old if ".adapters." in k)  # adapters untouched
     assert any(not torch.equal(old[k], new[k]) for k in old if "adapter_fusion_layer.en,es." in k)
+
+
+def test_two_arrivals_at_once_are_serialised_and_the_registry_never_forks(mcl, tiny_encoder):
+    """es and fr arrive at the same moment: one waits for the other's registration, so the second builds on
+    the first's version (a linear lineage 1 -> 2 -> 3), never both on version 1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import registry
+
+    arrive(mcl, tiny_encoder, "en")
+    for lang in ("es", "fr"):
+        write_marketplace(mcl, lang)  # written before the race, so the threads only train and register
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda lang: arrive(mcl, tiny_encoder, lang, **LENIENT), ("es", "fr")))
+    assert sorted(r["version"] for r in results) == ["2", "3"]
+    c = client()
+    second, third = registry.version_info(c, "2"), registry.version_info(c, "3")
+    assert second.parent == "1" and third.parent == "2"
+    assert len(third.marketplaces) == 3 and set(third.marketplaces) == {"en", "es", "fr"}
+    assert third.marketplaces[:2] == second.marketplaces
+    assert registry.alias_version(c, registry.CHAMPION).version == "3"
