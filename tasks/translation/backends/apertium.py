@@ -30,12 +30,7 @@ _QUOTED_PATH = re.compile(r"'(/[^']+)'")
 def mode_pair(mode: str) -> Pair | None:
     """``spa-eng`` -> es-en, ``spa-eng_US`` -> es-en (a variant); ``eco-fr-es`` and other modes -> None."""
     match = _MODE_NAME.match(mode)
-    if match is None:
-        return None
-    try:
-        return Pair(normalize_language(match.group(1)), normalize_language(match.group(2)))
-    except ValueError:
-        return None
+    return None if match is None else Pair.from_codes(match.group(1), match.group(2))
 
 
 class ApertiumBackend(TranslationBackend):

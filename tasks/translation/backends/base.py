@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
+from tasks.translation.languages import normalize_language
+
 
 class Pair(NamedTuple):
     """One translation direction, in BCP-47 primary subtags."""
@@ -18,6 +20,14 @@ class Pair(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.source}-{self.target}"
+
+    @classmethod
+    def from_codes(cls, source: str, target: str) -> Pair | None:
+        """The pair named by two language codes from a model or mode name; None when either is no language."""
+        try:
+            return cls(normalize_language(source), normalize_language(target))
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)

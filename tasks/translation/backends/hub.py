@@ -14,7 +14,6 @@ from urllib.parse import urlparse
 
 from tasks.translation.backends.base import Pair
 from tasks.translation.errors import ModelUnavailableError
-from tasks.translation.languages import normalize_language
 
 OPUS_MT_ORG = "Helsinki-NLP"
 _OPUS_MT_NAME = re.compile(r"^opus-mt-(?:tc-big-)?([a-z]{2,3})-([a-z]{2,3})$")
@@ -27,12 +26,7 @@ def opus_mt_id(pair: Pair) -> str:
 def opus_mt_pair(name: str) -> Pair | None:
     """``opus-mt-es-en`` (or ``Helsinki-NLP/opus-mt-es-en``, or a folder so named) -> es-en; multi-target models -> None."""
     match = _OPUS_MT_NAME.match(name.rsplit("/", 1)[-1])
-    if match is None:
-        return None
-    try:
-        return Pair(normalize_language(match.group(1)), normalize_language(match.group(2)))
-    except ValueError:
-        return None
+    return None if match is None else Pair.from_codes(match.group(1), match.group(2))
 
 
 def is_hub_id(ref: str | Path) -> bool:
