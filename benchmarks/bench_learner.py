@@ -29,12 +29,17 @@ from transformers import HfArgumentParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.config import LearnerConfig  # noqa: E402
 from models.pairs import Pairs  # noqa: E402
-from models.relevance import MarketplaceSpec, RelevanceModel  # noqa: E402
-from models.stages import DistillConfig, distill_fusion, train_language_adapter  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
+from models.relevance import RelevanceModel  # noqa: E402
+from models.stages import distill_fusion, train_language_adapter  # noqa: E402
+from tasks.config import build  # noqa: E402
 from tasks.data import generate_demo, load_data_root  # noqa: E402
-from tasks.learner import marketplace_splits, resolve_settings_encoder, translated_source  # noqa: E402
+from tasks.learner import (  # noqa: E402
+    marketplace_splits,
+    resolve_settings_encoder,
+    translated_source,
+)
 from tasks.settings import get_settings  # noqa: E402
 
 
@@ -70,8 +75,7 @@ def _setup(args: Args):
     if not args.data:
         generate_demo(root, languages=tuple(ids), pairs_per_marketplace=max(1000, 3 * args.train_pairs), seed=13)
     splits = [marketplace_splits(m) for m in load_data_root(root, ids)]
-    model = RelevanceModel.create(encoder, max_length=args.max_length)
-    model.net.to(args.device)
+    model = RelevanceModel.create(encoder, max_length=args.max_length, device=args.device)
     for old in splits[:-1]:
         model.add_marketplace(old.spec)
     model.fusion = model.add_fusion(model.adapter_names)  # the teacher Ψ_{t-1}
@@ -84,12 +88,15 @@ def _setup(args: Args):
     return model, new.spec, train, valid, translated
 
 
-def _cfg(args: Args, lr: float, micro_batch_size: int | None = None) -> TrainConfig:
-    return TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=lr, patience=5,
-                       micro_batch_size=micro_batch_size)
+def _learner(args: Args, **distill: object) -> LearnerConfig:
+    """One epoch per stage at the measured batch size; the learner's own rates and other defaults."""
+    stage = {"epochs": 1, "batch_size": args.batch_size, "patience": 5}
+    return build(LearnerConfig, overrides={
+        "adapter": stage, "fusion": {**stage, "micro_batch_size": args.fusion_micro_batch or None},
+        "distill": distill, "max_length": args.max_length, "device": args.device})
 
 
-def _fusion_run(args: Args, distill: DistillConfig, translated: bool, translated_as_task: bool = False) -> dict:
+def _fusion_run(args: Args, distill: dict, translated: bool, translated_as_task: bool = False) -> dict:
     """A fresh t = 3 model each time, so every variant starts from the same state.
 
     ``translated_as_task``: the translated pairs join D_t as ordinary labelled batches (cross-entropy), so the run
@@ -103,7 +110,7 @@ def _fusion_run(args: Args, distill: DistillConfig, translated: bool, translated
                       [*train.labels, *(y for t in trans for y in t.labels)])
         trans, translated = [], False
     t0 = time.perf_counter()
-    report = distill_fusion(model, train, valid, trans if translated else [], _cfg(args, 1e-4, args.fusion_micro_batch), distill)
+    report = distill_fusion(model, train, valid, trans if translated else [], _learner(args, **distill))
     return {"wall_s": time.perf_counter() - t0, "train_s": report.fit.train_seconds,
             "examples_per_s": report.fit.examples_per_second, "trainable": report.fit.trainable_parameters,
             "total": report.total_parameters}
@@ -116,10 +123,10 @@ def probe(args: Args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     base_rss = _current_rss_mb()
     if args.probe == "adapter":
-        report = train_language_adapter(model, spec, train, valid, _cfg(args, 1e-3))
+        report = train_language_adapter(model, spec, train, valid, _learner(args))
     else:
         model.add_marketplace(spec)
-        report = distill_fusion(model, train, valid, trans, _cfg(args, 1e-4, args.fusion_micro_batch), DistillConfig())
+        report = distill_fusion(model, train, valid, trans, _learner(args))
     out = {"stage": args.probe, "rss_before_mb": base_rss, "peak_rss_mb": _peak_rss_mb(),
            "examples_per_s": report.fit.examples_per_second, "trainable": report.fit.trainable_parameters,
            "total": report.total_parameters, "hidden": model.net.config.hidden_size}
@@ -148,11 +155,11 @@ def main(args: Args) -> dict:
     print(f"trainable parameters: adapter {adapter['trainable']:,} + fusion {fusion['trainable']:,} = {added:,} "
           f"of {full:,} for full fine-tuning -> {100 * added / full:.2f}% (goal <= 5%)")
 
-    ad_cached = _fusion_run(args, DistillConfig(cache_teacher=True), translated=True)
-    no_ad = _fusion_run(args, DistillConfig(weight=0.0), translated=True, translated_as_task=True)
-    ad_uncached = _fusion_run(args, DistillConfig(cache_teacher=False), translated=True)
-    variant_cached = _fusion_run(args, DistillConfig(cache_teacher=True), translated=False)
-    variant_plain = _fusion_run(args, DistillConfig(weight=0.0), translated=False)
+    ad_cached = _fusion_run(args, {"cache_teacher": True}, translated=True)
+    no_ad = _fusion_run(args, {"weight": 0.0}, translated=True, translated_as_task=True)
+    ad_uncached = _fusion_run(args, {"cache_teacher": False}, translated=True)
+    variant_cached = _fusion_run(args, {"cache_teacher": True}, translated=False)
+    variant_plain = _fusion_run(args, {"weight": 0.0}, translated=False)
     results["stage3"] = {"ad_cached": ad_cached, "no_ad": no_ad, "ad_uncached": ad_uncached,
                          "no_translation_ad_cached": variant_cached, "no_translation_no_ad": variant_plain}
     ratio = ad_cached["wall_s"] / no_ad["wall_s"]

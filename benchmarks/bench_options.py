@@ -1,18 +1,19 @@
 """Does the learner keep old marketplaces, and what do its options change? Measured on the demo data.
 
-Runs the sequence (default en -> es -> fr) once per variant on the same data, seed and encoder, and prints
-the ROC-AUC matrix of each plus a comparison table. The language adapters do not depend on these options, so
-they are trained once and every variant replays the fusion stages on them:
-  - default: L_AD with ω as the raw slice (eq. 9), Ψ_t random, translated subsets (fraction 0.3)
+Every variant is the learner (``ad``) under another configuration, run through the same protocol as the
+benchmark (``models.methods.run_method``) on the same data, seeds and encoder; the language adapters do not
+depend on these options, so the in-process adapter bank trains each once and every variant reuses it.
+Variants are learner presets or ``--set``-style overrides on top of ``--preset``:
+  - default: L_AD with ω as the raw slice (eq. 9), Ψ_t random, translated subsets
   - renorm:  ω renormalised over the old adapters
   - warm:    Ψ_t warm-started from Ψ_{t-1}
   - random-head: the new fusion's head starts random instead of from M_{t-1}'s head
-  - no-ad:   the same fusion training without L_AD (λ = 0)
-  - no-translation: the paper's §4.2 variant (D_t batches get CE + L_AD)
-Translations come from the project's translation stage (`backend=auto`: Apertium here).
+  - no-ad:   plain fusion (the ``fusion-no-distill`` preset)
+  - no-translation: the paper's §4.2 variant (the ``ad-no-translation`` preset)
+  - paper:   the ``paper`` preset
 "No forgetting" is read off the matrix: R[T][k] against R[k][k], the score right after k was learned.
 
-    python benchmarks/bench_options.py --variants default,renorm,warm --train_pairs 400 --out bench-options.json
+    python benchmarks/bench_options.py --variants default,renorm,warm --pairs 400 --out bench-options.json
 """
 
 from __future__ import annotations
@@ -30,135 +31,80 @@ from transformers import HfArgumentParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.device import resolve_device  # noqa: E402
-from models.metrics import continual_metrics, roc_auc  # noqa: E402
-from models.pairs import Pairs  # noqa: E402
-from models.relevance import RelevanceModel  # noqa: E402
-from models.sequence import LearnerConfig, MarketplaceSplits, evaluate_marketplaces, fusion_attention_profile  # noqa: E402
-from models.stages import DistillConfig, distill_fusion, train_language_adapter  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
-from tasks.data import generate_demo, load_data_root  # noqa: E402
-from tasks.learner import marketplace_splits, resolve_settings_encoder, to_pairs, translated_source  # noqa: E402
+from models.config import LearnerConfig  # noqa: E402
+from models.methods import run_method  # noqa: E402
+from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config  # noqa: E402
+from tasks.config import build, parse_overrides  # noqa: E402
+from tasks.data import generate_demo  # noqa: E402
+from tasks.learner import resolve_settings_encoder  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
-from tasks.translation import translate_subset  # noqa: E402
 
-VARIANTS = {
-    "default": (DistillConfig(), True),
-    "renorm": (DistillConfig(omega="renorm"), True),
-    "warm": (DistillConfig(warm_start=True), True),
-    "random-head": (DistillConfig(head_init="random"), True),
-    "no-ad": (DistillConfig(weight=0.0), True),
-    "no-translation": (DistillConfig(), False),
+#: variant -> (learner preset applied on top of the base, overrides)
+VARIANTS: dict[str, tuple[str | None, list[str]]] = {
+    "default": (None, []),
+    "renorm": (None, ["distill.omega=renorm"]),
+    "warm": (None, ["distill.warm_start=true"]),
+    "random-head": (None, ["distill.head_init=random"]),
+    "no-ad": ("fusion-no-distill", []),
+    "no-translation": ("ad-no-translation", []),
+    "paper": ("paper", []),
 }
 
 
 @dataclass
 class Args:
-    encoder: str = "multilingual-e5-small"
-    data: str = ""
+    data: str = ""  # a data root; empty: generate the demo data
     order: str = "en,es,fr"
     variants: str = "default,renorm,warm"
-    train_pairs: int = 400
-    valid_pairs: int = 120
-    test_pairs: int = 400
-    fraction: float = 0.3
-    adapter_epochs: int = 3
-    fusion_epochs: int = 2
-    batch_size: int = 16
-    max_length: int = 48
-    device: str = "auto"
-    seed: int = 13
+    preset: str = "demo"  # the learner preset every variant starts from
+    set: str = ""  # extra overrides for every variant, comma separated (fusion.epochs=3,max_length=32)
+    pairs: int = 400  # train pairs per marketplace (0: all)
+    eval_pairs: int = 400  # valid and test pairs per marketplace (0: all)
     out: str = ""
 
 
-def _subset(m: MarketplaceSplits, args: Args) -> MarketplaceSplits:
-    return MarketplaceSplits(m.spec, m.train.head(args.train_pairs), m.valid.head(args.valid_pairs),
-                             m.test.head(args.test_pairs))
+def _learner(args: Args, variant: str) -> LearnerConfig:
+    preset, overrides = VARIANTS[variant]
+    base = build(LearnerConfig, preset=args.preset, overrides=[s for s in args.set.split(",") if s])
+    return build(LearnerConfig, base=base.model_dump(), preset=preset, overrides=parse_overrides(overrides))
 
 
 def main(args: Args) -> dict:
     settings = get_settings()
-    encoder = resolve_settings_encoder(settings, args.encoder)
+    encoder = resolve_settings_encoder(settings)
     ids = args.order.split(",")
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp()) / "demo"
     if not args.data:
-        generate_demo(root, languages=tuple(ids), seed=args.seed)
-    loaded = load_data_root(root, ids)
-    marketplaces = [_subset(marketplace_splits(m), args) for m in loaded]
-    tables = {m.id: m.train.head(args.train_pairs) for m in loaded}
-
-    translations: dict[str, list[Pairs]] = {}
-    t0 = time.perf_counter()
-    for t, m in enumerate(marketplaces[1:], start=1):
-        targets = [o.spec.language for o in marketplaces[:t]]
-        out = translate_subset(tables[m.spec.id], m.spec.language, targets, fraction=args.fraction, seed=args.seed,
-                               cache_dir=settings.cache_dir / "translations")
-        translations[m.spec.id] = [to_pairs(out[lang], translated_source(lang)) for lang in targets]
-    translate_seconds = time.perf_counter() - t0
-    print(f"translated subsets in {translate_seconds:.1f}s: "
-          + ", ".join(f"{k}->{[len(p) for p in v]}" for k, v in translations.items()), flush=True)
-
-    base = LearnerConfig(
-        adapter=TrainConfig(epochs=args.adapter_epochs, batch_size=args.batch_size, learning_rate=1e-3, seed=args.seed),
-        fusion=TrainConfig(epochs=args.fusion_epochs, batch_size=args.batch_size, learning_rate=1e-4, seed=args.seed),
-        max_length=args.max_length, device=args.device,
-    )
-    # Stage 2 does not depend on the fusion options (old adapters are frozen and inactive), so every variant
-    # shares the same trained adapters: train them once, then replay the fusion stages per variant.
-    adapters_dir = Path(tempfile.mkdtemp()) / "adapters"
-    t0 = time.perf_counter()
-    adapter_model = RelevanceModel.create(encoder, max_length=args.max_length)
-    adapter_model.net.to(resolve_device(args.device))
-    adapter_reports = [train_language_adapter(adapter_model, m.spec, m.train, m.valid, base.adapter)
-                       for m in marketplaces]
-    adapter_model.save(adapters_dir)
-    adapter_seconds = time.perf_counter() - t0
-    first = adapter_model.predict_proba(marketplaces[0].test, setup=ids[0])
-    r00 = roc_auc(marketplaces[0].test.labels, first)
-    print(f"adapters trained in {adapter_seconds:.0f}s: " + ", ".join(
-        f"{r.marketplace} valid {r.fit.best_metric:.4f} ({r.fit.examples_per_second:.1f} ex/s)" for r in adapter_reports),
-        flush=True)
-
+        generate_demo(root, languages=tuple(ids), seed=13)
+    cfg = benchmark_config(ids, ["ad"], preset=None, max_train_pairs=args.pairs, max_eval_pairs=args.eval_pairs)
+    data = BenchmarkData.load(root, cfg)
+    translations = Translations(data, cfg.learner.translation.backend, settings.cache_dir / "translations")
     results = {}
     for name in args.variants.split(","):
-        distill, use_translations = VARIANTS[name]
-        r = np.full((len(ids), len(ids)), np.nan)
-        r[0, 0] = r00
-        model = RelevanceModel.create(encoder, max_length=args.max_length)
-        model.net.to(resolve_device(args.device))
+        learner = _learner(args, name)
+        fraction = learner.translation.fraction
+        translated_for, translate_seconds, rows = translations.for_run(
+            RunSpec("ad", learner.seed, tuple(ids), fraction if fraction > 0 else None))
         t0 = time.perf_counter()
-        fusion_reports = []
-        for t, m in enumerate(marketplaces):
-            model.net.load_adapter(str(adapters_dir / "adapters" / m.spec.id), load_as=m.spec.id, with_head=True,
-                                   use_safetensors=True)
-            model.marketplaces.append(m.spec)
-            if t == 0:
-                continue
-            trans = translations[m.spec.id] if use_translations else []
-            fusion_reports.append(distill_fusion(model, m.train, m.valid, trans, base.fusion, distill))
-            scores = evaluate_marketplaces(model, {x.spec.id: x.test for x in marketplaces[: t + 1]})
-            r[t, : t + 1] = [scores[x.spec.id] for x in marketplaces[: t + 1]]
-        m_ = continual_metrics(r, ids)
+        result = run_method("ad", encoder, data.splits(ids), learner, translated_for=translated_for)
+        r = np.asarray(result.metrics.matrix)
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
-        attention = fusion_attention_profile(model, {x.spec.id: x.test for x in marketplaces})
-        results[name] = {**m_.as_dict(), "fusion_seconds": time.perf_counter() - t0, "drift_from_learned": drift,
-                         "attention": attention,
-                         "fusion_examples_per_s": [f.fit.examples_per_second for f in fusion_reports]}
-        print(f"\n== {name} (fusion stages {results[name]['fusion_seconds']:.0f}s)")
+        m = result.metrics
+        results[name] = {**m.as_dict(), "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
+                         "translated_rows": rows, "drift_from_learned": drift, "learner": learner.model_dump()}
+        print(f"\n== {name} ({results[name]['seconds']:.0f}s)")
         for t, row in enumerate(r):
             print(f"  after {ids[t]:4s} " + "  ".join("  -   " if np.isnan(v) else f"{v:.4f}" for v in row))
-        print(f"  average {m_.average:.4f}  BWT {m_.bwt:+.4f}  forgetting {m_.forgetting:.4f}  "
-              f"old marketplaces vs right after learned: " + ", ".join(f"{ids[k]} {d:+.4f}" for k, d in enumerate(drift)))
-        print("  mean fusion attention: " + "; ".join(
-            f"{k}: " + " ".join(f"{a} {v:.2f}" for a, v in shares.items()) for k, shares in attention.items()), flush=True)
-    print("\n| variant | " + " | ".join(f"final {k}" for k in ids) + " | average | BWT | forgetting | fusion time s |")
+        print(f"  average {m.average:.4f}  BWT {m.bwt:+.4f}  forgetting {m.forgetting:.4f}  "
+              f"old marketplaces vs right after learned: " + ", ".join(f"{ids[k]} {d:+.4f}" for k, d in enumerate(drift)),
+              flush=True)
+    print("\n| variant | " + " | ".join(f"final {k}" for k in ids) + " | average | BWT | forgetting | time s |")
     print("|---|" + "---|" * (len(ids) + 4))
     for name, res in results.items():
         last = res["matrix"][-1]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in last)
-              + f" | {res['average']:.4f} | {res['bwt']:+.4f} | {res['forgetting']:.4f} | {res['fusion_seconds']:.0f} |")
-    summary = {"args": asdict(args), "translate_seconds": translate_seconds, "adapter_seconds": adapter_seconds,
-               "variants": results}
+              + f" | {res['average']:.4f} | {res['bwt']:+.4f} | {res['forgetting']:.4f} | {res['seconds']:.0f} |")
+    summary = {"args": asdict(args), "variants": results}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
         print(f"written to {args.out}")

@@ -31,12 +31,18 @@ from transformers import HfArgumentParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.config import LearnerConfig  # noqa: E402
 from models.pairs import Pairs  # noqa: E402
 from models.relevance import RelevanceModel  # noqa: E402
-from models.stages import DistillConfig, distill_fusion  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
+from models.stages import distill_fusion  # noqa: E402
+from tasks.config import build  # noqa: E402
 from tasks.data import generate_demo, load_data_root  # noqa: E402
-from tasks.learner import marketplace_splits, resolve_settings_encoder, to_pairs, translated_source  # noqa: E402
+from tasks.learner import (  # noqa: E402
+    marketplace_splits,
+    resolve_settings_encoder,
+    to_pairs,
+    translated_source,
+)
 from tasks.settings import get_settings  # noqa: E402
 from tasks.translation import (  # noqa: E402
     ApertiumBackend,
@@ -155,8 +161,7 @@ def throughput(args: Args, work: Path) -> dict:
 
 def _t3_model(encoder, splits, max_length: int, device: str) -> RelevanceModel:
     """A t = 3 model: two old adapters under a fusion (the teacher), the new marketplace's adapter added."""
-    model = RelevanceModel.create(encoder, max_length=max_length)
-    model.net.to(device)
+    model = RelevanceModel.create(encoder, max_length=max_length, device=device)
     for old in splits[:-1]:
         model.add_marketplace(old.spec)
     model.fusion = model.add_fusion(model.adapter_names)
@@ -181,7 +186,8 @@ def fraction_sweep(args: Args, work: Path) -> list[dict]:
         marian = realistic_marian(work, [])
         model = converted_marian(work, marian) if args.stage1_backend == "ctranslate2" else marian  # convert once
         models = {f"fr-{lang}": model for lang in old_languages}
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=1e-4, patience=5)
+    cfg = build(LearnerConfig, overrides={"fusion": {"epochs": 1, "batch_size": args.batch_size, "patience": 5},
+                                          "max_length": args.max_length, "device": args.device})
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         translated: list[Pairs] = []
@@ -195,7 +201,7 @@ def fraction_sweep(args: Args, work: Path) -> list[dict]:
                 translated = [to_pairs(tables[lang], translated_source(lang)) for lang in old_languages]
         model = _t3_model(encoder, splits, args.max_length, args.device)
         with Stopwatch() as stage3:
-            distill_fusion(model, train, valid, translated, cfg, DistillConfig())
+            distill_fusion(model, train, valid, translated, cfg)
         row = {"fraction": fraction, "translated_pairs": sum(len(p) for p in translated),
                "stage1_s": stage1.wall, "stage3_s": stage3.wall, "total_s": stage1.wall + stage3.wall,
                "stage1_cpu_s": stage1.cpu, "stage3_cpu_s": stage3.cpu, "total_cpu_s": stage1.cpu + stage3.cpu}

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import arrive, benchmark, data, demo, encoder, train, translate
+from flows.commands import (
+    arrive,
+    benchmark,
+    data,
+    demo,
+    encoder,
+    settings,
+    train,
+    translate,
+)
 
 app = typer.Typer(
     name="mcl",
@@ -18,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(encoder.app, name="encoder")
 app.add_typer(data.app, name="data")
+app.add_typer(settings.app, name="config")
 app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)

@@ -13,6 +13,9 @@ per-codepoint normalisation map (i32 count, u32 bytes, then records u32 codepoin
 n × u32 replacement); the tensor directory (i32 count; u16 name length, name, u8 dtype
 0=f32/1=Q4_0, u32 elements, u64 offset, u64 bytes). A Q4_0 block holds 32 weights: an fp16
 scale d and 16 bytes, byte j carrying weight j (low nibble) and j+16 (high); w = (q - 8) * d.
+
+Length: one binary format, read and converted in one place (header, tokenizer, tensors, 4-bit blocks,
+the folder written atomically); the layout above is its table of contents.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from models.encoders import DEFAULT_ENCODER, EncoderRef, sha256_file
+from models.encoder_ref import DEFAULT_ENCODER, EncoderRef, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,7 @@ changed underneath it. An encoder name is one of three things:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,28 +20,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models import e5_q4
+from models.encoder_ref import (
+    DEFAULT_ENCODER,
+    EncoderNotFoundError,
+    EncoderRef,
+    folder_checksum,
+    sha256_file,
+    weight_files,
+)
+
+__all__ = ["DEFAULT_ENCODER", "EncoderInfo", "EncoderNotFoundError", "EncoderRef", "encoder_info", "folder_checksum",
+           "resolve_encoder", "sha256_file", "weight_files"]
+
 log = logging.getLogger(__name__)
-
-# The same string as tasks.settings.DEFAULT_ENCODER: models/ must not import tasks/.
-DEFAULT_ENCODER = "multilingual-e5-small"
-
-CHECKSUM_SIDECAR = "checksums.json"
-WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
-_HASH_CHUNK = 1 << 22
-
-
-class EncoderNotFoundError(FileNotFoundError):
-    """An encoder name that resolves to nothing usable; the message says what to use instead."""
-
-
-@dataclass(frozen=True)
-class EncoderRef:
-    """A resolved encoder: a folder ``from_pretrained`` can load, and the checksum of its weights."""
-
-    name: str
-    path: Path
-    checksum: str
-
 
 @dataclass(frozen=True)
 class EncoderInfo:
@@ -59,83 +47,6 @@ class EncoderInfo:
     hidden_size: int
     vocab_size: int
     parameters: int
-
-
-def sha256_file(path: Path) -> str:
-    """Streamed, so hashing a 470 MB weights file does not hold it in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """Safetensors when present (possibly sharded), else PyTorch pickles; never both twice."""
-    for pattern in WEIGHT_PATTERNS:
-        found = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
-        if found:
-            return found
-    return []
-
-
-def _combine(digests: Sequence[tuple[str, str]]) -> str:
-    """One file: its own sha256 (comparable with ``sha256sum``); shards: a hash over name:digest lines."""
-    if len(digests) == 1:
-        return digests[0][1]
-    lines = "".join(f"{name}:{digest}\n" for name, digest in sorted(digests))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def _read_sidecar(path: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def folder_checksum(folder: Path, cache_dir: Path) -> str:
-    """Checksum of a folder's weights, re-hashed only when a file's size or mtime changed.
-
-    Hashing mBERT's 700 MB on every resolve would dominate short commands, so digests are cached
-    in ``<cache_dir>/encoders/checksums.json`` keyed by the resolved file path, size and mtime.
-    The cache lives in our cache dir: the user's encoder folder is never written to.
-    """
-    files = weight_files(folder)
-    if not files:
-        raise EncoderNotFoundError(
-            f"{folder} holds no weights (expected model.safetensors, model-*.safetensors or pytorch_model*.bin)"
-        )
-    sidecar = Path(cache_dir) / "encoders" / CHECKSUM_SIDECAR
-    cache = _read_sidecar(sidecar)
-    digests, changed = [], False
-    for file in files:
-        real = file.resolve()  # hub snapshots are symlinks into a blob store
-        stat = real.stat()
-        entry = cache.get(str(real))
-        if not (isinstance(entry, dict) and entry.get("size") == stat.st_size
-                and entry.get("mtime_ns") == stat.st_mtime_ns and isinstance(entry.get("sha256"), str)):
-            log.info("hashing %s (%d MB)", real, stat.st_size >> 20)
-            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(real)}
-            cache[str(real)] = entry
-            changed = True
-        digests.append((file.name, entry["sha256"]))
-    if changed:
-        _write_json_atomic(sidecar, cache)
-    return _combine(digests)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -175,10 +86,7 @@ def _hub_encoder(repo_id: str, cache_dir: Path) -> EncoderRef:
 def resolve_encoder(name: str, cache_dir: Path) -> EncoderRef:
     """Turn the name an operator typed into a loadable folder plus a checksum (see module doc)."""
     if name == DEFAULT_ENCODER:
-        # Imported here: e5_q4 builds EncoderRef objects itself, so a top-level import would be circular.
-        from models.e5_q4 import prepare_default_encoder
-
-        return prepare_default_encoder(Path(cache_dir))
+        return e5_q4.prepare_default_encoder(Path(cache_dir))
     if _looks_like_path(name):
         return _local_encoder(name, Path(cache_dir))
     return _hub_encoder(name, Path(cache_dir))

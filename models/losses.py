@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-OmegaMode = Literal["slice", "renorm"]
+from models.config import OmegaMode
 
 
 def attention_distillation_loss(
     teacher: Sequence[torch.Tensor],
     student: Sequence[torch.Tensor],
     attention_mask: torch.Tensor,
-    omega: OmegaMode = "slice",
+    omega: OmegaMode,
     eps: float = 1e-8,
 ) -> torch.Tensor:
     """L_AD = sum over fusion layers of the token-mean KL(Ω_{t-1} || ω_t).

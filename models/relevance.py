@@ -5,6 +5,9 @@ fusion Ψ_{t-1} (teacher) and the new one Ψ_t (student): they share the frozen 
 adapters, so the teacher costs no second copy of the encoder. The model saves as a
 self-describing folder (``manifest.json`` + AdapterHub-format adapter and fusion folders);
 the base encoder is referenced by name and checksum, not copied.
+
+Length: building, routing, scoring and the atomic save/load of one model type; parameter groups are
+delegated to :mod:`models.adapter_parts`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ import transformers
 from adapters import AutoAdapterModel, Fuse, SeqBnConfig, Stack
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from models.device import autocast
+from models.adapter_parts import (
+    bottleneck_parameters,
+    head_module,
+    load_state,
+    parameters_in,
+    parts,
+    state_of,
+)
+from models.device import autocast, resolve_device
+from models.fusion_attention import fusion_modules
 from models.pairs import Batch, Pairs, batches, encode_pairs
 
 if TYPE_CHECKING:
@@ -101,12 +113,13 @@ class RelevanceModel:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def create(cls, encoder: EncoderRef, *, max_length: int = 64) -> RelevanceModel:
-        """A model with no marketplace yet, on top of ``encoder`` (frozen)."""
+    def create(cls, encoder: EncoderRef, *, max_length: int, device: torch.device | str) -> RelevanceModel:
+        """A model with no marketplace yet, on top of ``encoder`` (frozen), on ``device`` ("auto" resolves)."""
         net = AutoAdapterModel.from_pretrained(str(encoder.path))
         tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
         for p in net.parameters():
             p.requires_grad_(False)
+        net.to(resolve_device(device) if isinstance(device, str) else device)
         return cls(net, tokenizer, encoder, [], None, max_length)
 
     @property
@@ -145,34 +158,37 @@ class RelevanceModel:
         self.net.add_adapter_fusion(Fuse(*adapter_names), config=FUSION_CONFIG)
         self.net.add_classification_head(name, num_labels=NUM_LABELS)
         if warm_start_from is not None:
-            params = dict(self.net.named_parameters())
-            for key, value in params.items():
-                if f"adapter_fusion_layer.{name}." in key:
-                    source = key.replace(f"adapter_fusion_layer.{name}.", f"adapter_fusion_layer.{warm_start_from}.")
-                    value.data.copy_(params[source].data)
+            load_state(fusion_modules(self.net, name), state_of(fusion_modules(self.net, warm_start_from)))
         if head_from is not None:
-            self.net.heads[name].load_state_dict(self.net.heads[head_from].state_dict())
+            head_module(self.net, name).load_state_dict(head_module(self.net, head_from).state_dict())
         self.net.to(self.device)
         for p in self.net.parameters():
             p.requires_grad_(False)
         return name
 
+    def fusion_block(self, name: str) -> Fuse:
+        """The composition block of fusion ``name``, as the library recorded it when the fusion was added."""
+        _, adapter_names = self.net.adapters_config.get_fusion(name)
+        if adapter_names is None:
+            raise ModelFormatError(f"the model has no fusion named {name!r}")
+        return Fuse(*adapter_names)
+
     def remove_fusion(self, name: str) -> None:
-        self.net.delete_adapter_fusion(name)
+        self.net.delete_adapter_fusion(self.fusion_block(name))
         self.net.delete_head(name)
 
     # ------------------------------------------------------------- parameters
     def parameters_of(self, *, adapters_: Iterable[str] = (), fusion: str | None = None,
                       heads: Iterable[str] = ()) -> list[torch.nn.Parameter]:
         """Parameters of the named adapters, fusion and heads (nothing of the base encoder)."""
-        markers = [f".adapters.{a}." for a in adapters_]
-        if fusion is not None:
-            markers.append(f".adapter_fusion_layer.{fusion}.")
-        prefixes = [f"heads.{h}." for h in heads]
-        return [
-            p for n, p in self.net.named_parameters()
-            if any(m in n for m in markers) or any(n.startswith(pre) for pre in prefixes)
-        ]
+        return parameters_in(self.net, parts(self.net, adapters_=adapters_, fusion=fusion, heads=heads))
+
+    def marketplace_state(self, marketplace_id: str) -> list[dict[str, torch.Tensor]]:
+        """Copies of A_k's and its head's weights (to put the same adapter into another model)."""
+        return state_of(parts(self.net, adapters_=[marketplace_id], heads=[marketplace_id]))
+
+    def load_marketplace_state(self, marketplace_id: str, state: list[dict[str, torch.Tensor]]) -> None:
+        load_state(parts(self.net, adapters_=[marketplace_id], heads=[marketplace_id]), state)
 
     def set_trainable(self, params: list[torch.nn.Parameter]) -> int:
         """Freeze everything except ``params``; returns how many scalars will train."""
@@ -183,8 +199,8 @@ class RelevanceModel:
 
     def total_parameters(self) -> int:
         """Size of the base encoder alone: what full fine-tuning would train (plus one head)."""
-        return sum(p.numel() for n, p in self.net.named_parameters()
-                   if ".adapters." not in n and "adapter_fusion_layer" not in n and not n.startswith("heads."))
+        added = {id(p) for p in bottleneck_parameters(self.net)} | {id(p) for p in self.net.heads.parameters()}
+        return sum(p.numel() for p in self.net.parameters() if id(p) not in added)
 
     # ---------------------------------------------------------------- forward
     def activate(self, setup: str | None = None) -> str:
@@ -194,15 +210,16 @@ class RelevanceModel:
         """
         if setup is None:
             if self.fusion is not None:
-                self.net.set_active_adapters(Fuse(*self.fusion.split(",")))
+                self.net.set_active_adapters(self.fusion_block(self.fusion))
                 return self.fusion
             if len(self.marketplaces) != 1:
                 raise ModelFormatError("the model has no fusion yet; name the adapter to use")
             setup = self.marketplaces[0].id
-        if "," in setup:
-            self.net.set_active_adapters(Fuse(*setup.split(",")))
+        if setup not in self.adapter_names:
+            if self.net.adapters_config.get_fusion(setup)[1] is None:
+                self.marketplace(setup)  # raises: names what the model knows
+            self.net.set_active_adapters(self.fusion_block(setup))
             return setup
-        self.marketplace(setup)
         self.net.set_active_adapters(Stack(setup))
         return setup
 
@@ -297,7 +314,7 @@ class RelevanceModel:
                 f"but encoder {encoder.name!r} at {encoder.path} has checksum {encoder.checksum[:12]}…; "
                 "load it with the encoder it was trained on"
             )
-        model = cls.create(encoder, max_length=int(manifest["max_length"]))
+        model = cls.create(encoder, max_length=int(manifest["max_length"]), device="cpu")
         for entry in manifest["marketplaces"]:
             spec = MarketplaceSpec(**entry)
             model.net.load_adapter(str(folder / "adapters" / spec.id), load_as=spec.id, with_head=True,

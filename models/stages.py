@@ -13,32 +13,21 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
+from models.adapter_parts import head_module, load_state, state_of
+from models.config import DistillConfig, LearnerConfig
 from models.fusion_attention import FusionAttentionRecorder, fusion_modules
-from models.losses import OmegaMode, attention_distillation_loss, relevance_loss
+from models.losses import attention_distillation_loss, relevance_loss
 from models.metrics import roc_auc
 from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches, encode_pairs
 from models.relevance import MarketplaceSpec, RelevanceModel
 from models.teacher import TeacherAttention
-from models.training import FitResult, TrainConfig, fit, seed_everything
+from models.training import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DistillConfig:
-    """Attention-distillation options (defaults follow the paper)."""
-
-    weight: float = 1.0  # λ, the weight of L_AD
-    omega: OmegaMode = "slice"  # eq. 9 literally; "renorm" renormalises over the old adapters
-    warm_start: bool = False  # initialise Ψ_t from Ψ_{t-1}; the paper starts from random
-    head_init: Literal["previous", "random"] = "previous"  # the new fusion's head starts from M_{t-1}'s head
-    cache_teacher: bool = True  # compute Ω_{t-1} once per example instead of every epoch
-    regularization: bool = True  # AdapterFusion's value-matrix regulariser
 
 
 @dataclass
@@ -70,12 +59,13 @@ def train_language_adapter(
     spec: MarketplaceSpec,
     train: Pairs,
     valid: Pairs,
-    cfg: TrainConfig,
+    learner: LearnerConfig,
     *,
     checkpoint: Path | None = None,
 ) -> StageReport:
     """Add A_t (+ head) for ``spec`` and train only those on D_t; old adapters are neither used nor changed."""
-    seed_everything(cfg.seed)
+    cfg, seed = learner.adapter, learner.seed
+    seed_everything(seed)
     model.add_marketplace(spec)
     head = model.activate(spec.id)
     params = model.parameters_of(adapters_=[spec.id], heads=[spec.id])
@@ -89,7 +79,7 @@ def train_language_adapter(
 
     result = fit(
         model.net, params,
-        epoch_batches=lambda epoch: batches(data, cfg.batch_size, pad, shuffle=True, seed=cfg.seed + epoch),
+        epoch_batches=lambda epoch: batches(data, cfg.batch_size, pad, shuffle=True, seed=seed + epoch),
         loss_fn=loss_fn,
         evaluate=_validation(model, valid, spec.id, cfg.eval_batch_size),
         cfg=cfg, steps_per_epoch=_steps(data, cfg.batch_size), desc=f"adapter[{spec.id}]", checkpoint=checkpoint,
@@ -149,8 +139,7 @@ def distill_fusion(
     train: Pairs,
     valid: Pairs,
     translated: Sequence[Pairs],
-    cfg: TrainConfig,
-    distill: DistillConfig | None = None,
+    learner: LearnerConfig,
     *,
     checkpoint: Path | None = None,
 ) -> StageReport:
@@ -160,14 +149,14 @@ def distill_fusion(
     ``source`` name. The model must already hold the new adapter (stage 2). Afterwards the model's
     fusion is Ψ_t and Ψ_{t-1} is gone.
     """
-    distill = distill or DistillConfig()
+    cfg, distill = learner.fusion, learner.distill
     names = model.adapter_names
     if len(names) < 2:
         raise ValueError("fusion needs at least two adapters; at t = 1 the model is the first adapter alone")
     sources = [p.source for p in translated]
     if TASK_SOURCE in sources or len(set(sources)) != len(sources):
         raise ValueError(f"translated sets need distinct sources other than {TASK_SOURCE!r}, got {sources}")
-    seed_everything(cfg.seed)
+    seed_everything(learner.seed)
     teacher_fusion = model.fusion
     previous_head = teacher_fusion or names[0]  # M_{t-1}'s head: its fusion's, or the first adapter's at t = 2
     student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None,
@@ -177,7 +166,7 @@ def distill_fusion(
     extra = [encode_pairs(p, model.tokenizer, model.max_length) for p in translated]
     if distill.cache_teacher and distill.weight > 0:
         teacher.build_cache(extra or [task], cfg.eval_batch_size)
-    result = _train_fusion(model, student, teacher, task, extra, valid, cfg, distill, checkpoint)
+    result = _train_fusion(model, student, teacher, task, extra, valid, learner, checkpoint)
     if teacher_fusion is not None:
         model.remove_fusion(teacher_fusion)
     model.fusion = student
@@ -185,7 +174,7 @@ def distill_fusion(
         "teacher": teacher_fusion or names[0],
         "translated_sources": sources,
         "translated_examples": sum(len(s) for s in extra),
-        "distill": asdict(distill),
+        "distill": distill.model_dump(),
     }
     return StageReport("fusion", names[-1], result, model.total_parameters(), details)
 
@@ -194,8 +183,7 @@ def redistill_fusion(
     model: RelevanceModel,
     train: Pairs,
     valid: Pairs,
-    cfg: TrainConfig,
-    distill: DistillConfig | None = None,
+    learner: LearnerConfig,
     *,
     checkpoint: Path | None = None,
 ) -> StageReport:
@@ -206,28 +194,29 @@ def redistill_fusion(
     routing the current model learnt. Teacher and student would carry the same fusion name, so the
     teacher's attention is cached first and its fusion removed before the student is created.
     """
-    distill = distill or DistillConfig()
+    cfg, distill = learner.fusion, learner.distill
     teacher_fusion = model.fusion
     if teacher_fusion is None:
         raise ValueError("nothing to re-distil: the model has no fusion (a single marketplace is retrained by "
                          "replacing its adapter)")
-    seed_everything(cfg.seed)
+    seed_everything(learner.seed)
     names = model.adapter_names
     teacher = TeacherAttention(model, teacher_fusion, len(fusion_modules(model.net, teacher_fusion)), cfg.precision)
     task = encode_pairs(train, model.tokenizer, model.max_length)
     if distill.weight > 0:
         teacher.build_cache([task], cfg.eval_batch_size)
-    kept = {k: v.detach().clone() for k, v in model.net.state_dict().items()
-            if f"fusion_layer.{teacher_fusion}." in k or k.startswith(f"heads.{teacher_fusion}.")}
+    kept_fusion = state_of(fusion_modules(model.net, teacher_fusion))
+    kept_head = state_of([head_module(model.net, teacher_fusion)])
     model.remove_fusion(teacher_fusion)
     student = model.add_fusion(names)
-    restore = {k: v for k, v in kept.items()
-               if (distill.warm_start and "fusion_layer." in k) or (distill.head_init == "previous" and "heads." in k)}
-    model.net.load_state_dict(restore, strict=False)
-    result = _train_fusion(model, student, teacher, task, [], valid, cfg, distill, checkpoint)
+    if distill.warm_start:
+        load_state(fusion_modules(model.net, student), kept_fusion)
+    if distill.head_init == "previous":
+        load_state([head_module(model.net, student)], kept_head)
+    result = _train_fusion(model, student, teacher, task, [], valid, learner, checkpoint)
     model.fusion = student
-    return StageReport("refusion", ",".join(names), result, model.total_parameters(),
-                       {"teacher": teacher_fusion, "distill": asdict(distill), "examples": len(task)})
+    return StageReport("refusion", student, result, model.total_parameters(),
+                       {"teacher": teacher_fusion, "distill": distill.model_dump(), "examples": len(task)})
 
 
 def _train_fusion(
@@ -237,11 +226,11 @@ def _train_fusion(
     task: EncodedPairs,
     extra: Sequence[EncodedPairs],
     valid: Pairs,
-    cfg: TrainConfig,
-    distill: DistillConfig,
+    learner: LearnerConfig,
     checkpoint: Path | None,
 ) -> FitResult:
     """Stage 3's training, shared by an arrival and a retraining: only the student fusion and its head learn."""
+    cfg, distill = learner.fusion, learner.distill
     recorder = FusionAttentionRecorder(model.net, student)
     params = model.parameters_of(fusion=student, heads=[student])
     model.set_trainable(params)
@@ -252,7 +241,7 @@ def _train_fusion(
     steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
     result = fit(
         model.net, params,
-        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, cfg.seed + epoch),
+        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, learner.seed + epoch),
         loss_fn=loss_fn,
         evaluate=_validation(model, valid, student, cfg.eval_batch_size),
         cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,

@@ -34,7 +34,7 @@ class TeacherAttention:
         self.teacher_fusion = teacher_fusion
         self.num_layers = num_layers
         self.precision = precision
-        self.num_old = len(teacher_fusion.split(",")) if teacher_fusion else 1
+        self.num_old = len(model.fusion_block(teacher_fusion).children) if teacher_fusion else 1
         self.recorder = FusionAttentionRecorder(model.net, teacher_fusion) if teacher_fusion else None
         self._cache: dict[str, list[torch.Tensor]] = {}
 

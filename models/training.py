@@ -22,29 +22,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from models.config import TrainConfig
 from models.device import autocast, autocast_dtype
 from models.pairs import Batch
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one stage (the paper: 5 epochs with early stopping)."""
-
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    patience: int = 2
-    seed: int = 13
-    precision: str = "auto"
-    eval_batch_size: int = 64
-    micro_batch_size: int | None = None  # split each batch and accumulate gradients: same update, less memory
 
 
 @dataclass

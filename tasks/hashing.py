@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 CONTRACT_COLUMNS = ("query", "product_title", "label")
 
@@ -33,6 +34,8 @@ def _canonical(value: Any) -> Any:
         return {"table": table_hash(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"dataclass": type(value).__name__, **_canonical(dataclasses.asdict(value))}
+    if isinstance(value, BaseModel):
+        return {"model": type(value).__name__, **_canonical(value.model_dump())}
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -41,11 +44,11 @@ def _canonical(value: Any) -> Any:
         return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise TypeError(f"cannot fingerprint a {type(value).__name__}; pass plain data, tables or dataclasses")
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}; pass plain data, tables, dataclasses or pydantic models")
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable sha256 of plain values, dataclasses and tables (tables by content)."""
+    """A stable sha256 of plain values, dataclasses, pydantic models and tables (tables by content)."""
     blob = json.dumps([_canonical(p) for p in parts], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

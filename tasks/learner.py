@@ -8,53 +8,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.config import LearnerConfig
 from models.encoders import EncoderRef, resolve_encoder
+from models.methods.protocol import MarketplaceSplits
 from models.pairs import TASK_SOURCE, Pairs
 from models.relevance import MarketplaceSpec
-from models.sequence import LearnerConfig, MarketplaceSplits, SequenceResult, learn_sequence
-from models.stages import DistillConfig
-from models.training import TrainConfig
+from models.sequence import SequenceResult, learn_sequence
 from tasks.data import Marketplace, load_data_root, read_table, validate_table
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
-
-
-def learner_config(
-    *,
-    adapter_epochs: int = 5,
-    fusion_epochs: int = 5,
-    batch_size: int = 32,
-    adapter_lr: float = 1e-3,
-    fusion_lr: float = 1e-4,
-    patience: int = 2,
-    max_length: int = 64,
-    distill_weight: float = 1.0,
-    omega: str = "slice",
-    warm_start: bool = False,
-    head_init: str = "previous",
-    cache_teacher: bool = True,
-    fusion_micro_batch: int | None = 16,
-    seed: int = 13,
-    device: str = "auto",
-) -> LearnerConfig:
-    """Flat parameters (a CLI's options, a deployment's form) as the learner's configuration."""
-    if omega not in ("slice", "renorm"):
-        raise ValueError(f"omega must be 'slice' or 'renorm', not {omega!r}")
-    if head_init not in ("previous", "random"):
-        raise ValueError(f"head_init must be 'previous' or 'random', not {head_init!r}")
-    return LearnerConfig(
-        adapter=TrainConfig(epochs=adapter_epochs, batch_size=batch_size, learning_rate=adapter_lr,
-                            patience=patience, seed=seed),
-        fusion=TrainConfig(epochs=fusion_epochs, batch_size=batch_size, learning_rate=fusion_lr,
-                           patience=patience, seed=seed, micro_batch_size=fusion_micro_batch),
-        distill=DistillConfig(weight=distill_weight, omega=omega, warm_start=warm_start, head_init=head_init,
-                              cache_teacher=cache_teacher),
-        max_length=max_length,
-        device=device,
-    )
 
 
 def to_pairs(table: pd.DataFrame, source: str = TASK_SOURCE) -> Pairs:
@@ -115,8 +80,7 @@ def run_sequence(
     """Validate every marketplace first (bad input fails before any training), then learn them in order."""
     marketplaces = [marketplace_splits(m) for m in load_data_root(data_root, list(order))]
     if limit:
-        marketplaces = [MarketplaceSplits(m.spec, m.train.head(limit), m.valid.head(limit), m.test.head(limit))
-                        for m in marketplaces]
+        marketplaces = [m.head(limit) for m in marketplaces]
     translated: dict[str, list[Pairs]] = {}
     if translated_root is not None:  # read and validate every file before training starts
         for t, m in enumerate(marketplaces[1:], start=1):

@@ -10,11 +10,15 @@ it unless the checksum matches.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 INPUT_COLUMNS = ("marketplace", "query", "product_title")
 MODEL_ARTIFACT = "model"
@@ -73,3 +77,36 @@ class RelevancePyfunc(mlflow.pyfunc.PythonModel):
                           [0] * len(rows))
             scores.loc[rows.index] = self.model.predict_proba(pairs, setup=marketplace)
         return pd.DataFrame({"score": scores.to_numpy()})
+
+
+PIP_REQUIREMENTS = ["marketplace-cl", "torch", "transformers", "adapters", "pandas", "mlflow"]
+
+PYFUNC_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
+    outputs=Schema([ColSpec("double", "score")]),
+    params=None,
+)
+
+
+def log_relevance_pyfunc(
+    model_dir: Path,
+    encoder: object,
+    *,
+    registered_name: str,
+    tags: Mapping[str, str],
+) -> str:
+    """Log ``model_dir`` as a pyfunc into the active run, register it, tag the version; returns the version."""
+    info = mlflow.pyfunc.log_model(
+        name=registered_name,
+        python_model=RelevancePyfunc(),
+        artifacts={MODEL_ARTIFACT: str(model_dir)},
+        model_config={"encoder": encoder_config(encoder)},
+        registered_model_name=registered_name,
+        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from an example would load and run the model
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    return version

@@ -18,15 +18,22 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema
-
-from tasks.pyfunc import INPUT_COLUMNS, MODEL_ARTIFACT, RelevancePyfunc, encoder_config
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
+
+from models.config import GateConfig
+from tasks.gate import GateDecision, promotion_decision
+from tasks.pyfunc import log_relevance_pyfunc
+from tasks.records import Evaluation, Registration
+from tasks.steps import single_adapter_folder
+
+if TYPE_CHECKING:
+    from models.encoders import EncoderRef
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +41,6 @@ MODEL_NAME = "relevance"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "marketplace-arrivals"
-PIP_REQUIREMENTS = ["marketplace-cl", "torch", "transformers", "adapters", "pandas", "mlflow"]
-
-PYFUNC_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
-    outputs=Schema([ColSpec("double", "score")]),
-    params=None,
-)
-
-
 def adapter_model_name(marketplace: str) -> str:
     return f"adapter-{marketplace}"
 
@@ -76,13 +74,6 @@ class VersionInfo:
     parent: str | None
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    passed: bool
-    reasons: list[str]
-    checks: list[str]
 
 
 def setup_tracking(tracking_uri: str, artifact_location: str | None, experiment: str = EXPERIMENT) -> str:
@@ -189,43 +180,6 @@ def read_test_sets(info: VersionInfo, dest: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def promotion_decision(
-    champion: Mapping[str, float],
-    candidate: Mapping[str, float],
-    *,
-    new_marketplace: str | None,
-    adapter_auc: float | None,
-    max_regression: float = 0.01,
-    adapter_margin: float = 0.0,
-) -> GateDecision:
-    """Promote only if no old marketplace drops more than ``max_regression`` below the champion and the
-    new marketplace's fused score beats its adapter-only score by more than ``adapter_margin``.
-
-    ``adapter_auc`` is None when the candidate has no fusion (first arrival): then the model *is*
-    the adapter and there is nothing to beat.
-    """
-    reasons, checks = [], []
-    for mid, before in champion.items():
-        if mid == new_marketplace:
-            continue  # a replaced marketplace is judged against its adapter, not its old self
-        after = candidate.get(mid)
-        if after is None:
-            reasons.append(f"{mid}: not evaluated")
-            continue
-        line = f"{mid}: ROC-AUC {after:.4f} vs champion {before:.4f} (drop {before - after:+.4f}, max {max_regression})"
-        checks.append(line)
-        if before - after > max_regression + 1e-9:  # a drop of exactly max_regression is allowed
-            reasons.append(line)
-    if new_marketplace is not None and adapter_auc is not None:
-        fused = candidate[new_marketplace]
-        line = (f"{new_marketplace}: fused ROC-AUC {fused:.4f} vs adapter-only {adapter_auc:.4f} "
-                f"(must exceed it by more than {adapter_margin})")
-        checks.append(line)
-        if not fused > adapter_auc + adapter_margin:
-            reasons.append(line)
-    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
-
-
 def version_tags(
     *,
     parent: VersionInfo | None,
@@ -249,30 +203,6 @@ def version_tags(
         **extra,
     }
     return tags
-
-
-def log_relevance_pyfunc(
-    model_dir: Path,
-    encoder: object,
-    *,
-    registered_name: str,
-    tags: Mapping[str, str],
-) -> str:
-    """Log ``model_dir`` as a pyfunc into the active run, register it, tag the version; returns the version."""
-    info = mlflow.pyfunc.log_model(
-        name=registered_name,
-        python_model=RelevancePyfunc(),
-        artifacts={MODEL_ARTIFACT: str(model_dir)},
-        model_config={"encoder": encoder_config(encoder)},
-        registered_model_name=registered_name,
-        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from an example would load and run the model
-        pip_requirements=PIP_REQUIREMENTS,
-    )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
-    return version
 
 
 def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME) -> str:
@@ -302,3 +232,64 @@ def lineage(client: MlflowClient, info: VersionInfo) -> list[VersionInfo]:
     while chain[-1].parent:
         chain.append(version_info(client, chain[-1].parent))
     return chain[::-1]
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    """What an arrival or a retraining asks the registry to record: the candidate folder, what it knows, how it
+    scored, and what it is judged against."""
+
+    model_dir: str
+    encoder: EncoderRef
+    marketplaces: list[str]  # the candidate's adapters, oldest first
+    languages: list[str]
+    new_marketplace: str | None  # None for a retraining
+    parent: VersionInfo | None  # the version it was built on (lineage)
+    champion: VersionInfo | None  # the version it must not fall behind
+    evaluation: Evaluation
+    new_tests: Mapping[str, pd.DataFrame]  # test sets stored for the first time
+    data_hashes: Mapping[str, Mapping[str, str]]
+    gate: GateConfig
+    work_dir: Path
+    kind: str = "arrival"
+
+
+def register(request: RegistrationRequest) -> Registration:
+    """Store new test sets, register ``relevance`` (+ ``adapter-<id>``), judge it against the champion, set the alias.
+
+    Runs inside an active MLflow run: the version's source run holds the pyfunc and the test tables.
+    """
+    r = request
+    client = MlflowClient()
+    uris = {}
+    for mid, table in r.new_tests.items():
+        path = r.work_dir / "test_sets" / f"{mid}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="test_sets")
+        uris[mid] = mlflow.get_artifact_uri(f"test_sets/{mid}.parquet")
+    ev = r.evaluation
+    decision = promotion_decision(r.champion.aucs if r.champion else {}, ev.aucs, new_marketplace=r.new_marketplace,
+                                  adapter_auc=ev.adapter_auc, gate=r.gate)
+    adapter_tag = {f"adapter_auc.{r.new_marketplace}": f"{ev.adapter_auc:.6f}"} if ev.adapter_auc is not None else {}
+    tags = version_tags(
+        parent=r.parent, marketplaces=r.marketplaces, languages=r.languages, aucs=ev.aucs, test_sets=uris,
+        data_hashes=r.data_hashes,
+        extra={"kind": r.kind, "marketplace": r.new_marketplace or "", "encoder": r.encoder.name,
+               "encoder_checksum": r.encoder.checksum, **adapter_tag},
+    )
+    version = log_relevance_pyfunc(Path(r.model_dir), r.encoder, registered_name=MODEL_NAME, tags=tags)
+    alias = apply_decision(client, version, decision)
+    adapter_version = None
+    if r.new_marketplace is not None:
+        mid = r.new_marketplace
+        single = single_adapter_folder(r.model_dir, mid, r.work_dir / f"adapter-{mid}")
+        own_auc = ev.adapter_auc if ev.adapter_auc is not None else ev.aucs[mid]
+        adapter_version = log_relevance_pyfunc(
+            single, r.encoder, registered_name=adapter_model_name(mid),
+            tags={"marketplace_order": mid, "languages": r.languages[r.marketplaces.index(mid)],
+                  f"auc.{mid}": f"{own_auc:.6f}",
+                  "data_hashes": json.dumps({mid: dict(r.data_hashes.get(mid, {}))}),
+                  f"test_set.{mid}": uris.get(mid, ""), "relevance_version": version},
+        )
+    return Registration(version, alias, decision.passed, decision.reasons, decision.checks, adapter_version)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 if TYPE_CHECKING:
-    from tasks.pipeline import Evaluation
+    from tasks.records import Evaluation
 
 
 def auc_matrix(rows: Sequence[tuple[str, Mapping[str, float]]], marketplaces: Sequence[str]) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Configuration in one place.
 
 Values come, highest priority first, from: keyword arguments, environment variables
-prefixed ``MCL_`` (``MCL_CACHE_DIR``, ``MCL_DEVICE``...), a TOML file named by
+prefixed ``MCL_`` (``MCL_CACHE_DIR``, ``MCL_TRACKING_URI``...), a TOML file named by
 ``MCL_CONFIG`` (or ``./mcl.toml`` when present), then the defaults below. The defaults
 work on a fresh machine with no accounts and no network: a user cache folder, a local
 SQLite MLflow store and the embedded multilingual-e5-small encoder.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -22,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_ENCODER = "multilingual-e5-small"
+from models.encoder_ref import DEFAULT_ENCODER
 
 
 def _default_cache_dir() -> Path:
@@ -39,16 +38,17 @@ def _config_file() -> Path | None:
 
 
 class Settings(BaseSettings):
-    """Every knob an operator may set without touching code."""
+    """Where things live (cache, tracking server, object store) and which encoder a new lineage starts from.
+
+    The learner's own settings (epochs, λ, seed, device...) are not here: they are one model,
+    ``models.config.LearnerConfig``, passed to every flow as a parameter."""
 
     model_config = SettingsConfigDict(env_prefix="MCL_", extra="ignore")
 
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Encoders, translation cache, task results.")
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI; default: SQLite in the cache dir.")
     artifact_location: str | None = Field(default=None, description="MLflow artifact root (local path or s3://).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     encoder: str = Field(default=DEFAULT_ENCODER, description="Hugging Face id, local folder, or the embedded default.")
-    seed: int = 13
     s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores such as MinIO.")
 
     @classmethod

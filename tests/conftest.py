@@ -46,8 +46,8 @@ def tiny_encoder(tmp_path_factory):
 
 @pytest.fixture()
 def marketplaces():
+    from models.methods import MarketplaceSplits
     from models.relevance import MarketplaceSpec
-    from models.sequence import MarketplaceSplits
 
     return [
         MarketplaceSplits(MarketplaceSpec(lang, lang), make_pairs(lang, 96, 1), make_pairs(lang, 32, 2),

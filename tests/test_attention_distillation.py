@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from models.losses import attention_distillation_loss
-from models.relevance import MarketplaceSpec, RelevanceModel
-from models.stages import DistillConfig, distillation_loss
+from models.config import DistillConfig, LearnerConfig
 from models.fusion_attention import FusionAttentionRecorder
+from models.losses import attention_distillation_loss
 from models.pairs import PadCollator, encode_pairs
+from models.relevance import MarketplaceSpec, RelevanceModel
+from models.stages import distillation_loss
 from models.teacher import TeacherAttention
 from tests.conftest import make_pairs
 
@@ -30,10 +31,10 @@ def test_layers_are_summed_and_tokens_averaged():
     t = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
     s = torch.tensor([[[0.25, 0.25, 0.5], [0.9, 0.1, 0.0]]])
     mask = torch.ones(1, 2)
-    one_layer = attention_distillation_loss([t], [s], mask).item()
+    one_layer = attention_distillation_loss([t], [s], mask, "slice").item()
     per_token = [0.5 * math.log(2) * 2, 0.0]
     assert one_layer == pytest.approx(sum(per_token) / 2, rel=1e-5)
-    assert attention_distillation_loss([t, t], [s, s], mask).item() == pytest.approx(2 * one_layer, rel=1e-5)
+    assert attention_distillation_loss([t, t], [s, s], mask, "slice").item() == pytest.approx(2 * one_layer, rel=1e-5)
 
 
 def test_zero_when_student_agrees_on_old_adapters():
@@ -51,11 +52,11 @@ def test_padding_is_excluded():
     teacher = torch.softmax(torch.randn(2, 4, 2), dim=-1)
     student = torch.softmax(torch.randn(2, 4, 3), dim=-1)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    base = attention_distillation_loss([teacher], [student], mask).item()
+    base = attention_distillation_loss([teacher], [student], mask, "slice").item()
     garbage = student.clone()
     garbage[0, 3] = torch.tensor([0.98, 0.01, 0.01])
     garbage[1, 2:] = torch.tensor([0.01, 0.01, 0.98])
-    assert attention_distillation_loss([teacher], [garbage], mask).item() == pytest.approx(base, rel=1e-6)
+    assert attention_distillation_loss([teacher], [garbage], mask, "slice").item() == pytest.approx(base, rel=1e-6)
     # and the masked mean equals the mean over the five real tokens only
     kl = (teacher * (teacher.log() - student[..., :2].log())).sum(-1)
     assert base == pytest.approx(float(kl[mask.bool()].mean()), rel=1e-5)
@@ -63,13 +64,13 @@ def test_padding_is_excluded():
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="fusion layers"):
-        attention_distillation_loss([torch.ones(1, 1, 2)], [], torch.ones(1, 1))
+        attention_distillation_loss([torch.ones(1, 1, 2)], [], torch.ones(1, 1), "slice")
     with pytest.raises(ValueError, match="does not extend"):
-        attention_distillation_loss([torch.full((1, 1, 3), 1 / 3)], [torch.full((1, 1, 2), 0.5)], torch.ones(1, 1))
+        attention_distillation_loss([torch.full((1, 1, 3), 1 / 3)], [torch.full((1, 1, 2), 0.5)], torch.ones(1, 1), "slice")
 
 
 def _three_adapter_model(tiny_encoder) -> RelevanceModel:
-    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
     for lang in ("en", "es", "fr"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     model.fusion = model.add_fusion(["en", "es"])  # the teacher Ψ_{t-1}
@@ -135,15 +136,15 @@ def test_teacher_cache_equals_recomputation(tiny_encoder):
     batch = PadCollator(model.tokenizer.pad_token_id, "translated:en")([translated[i] for i in (7, 2, 5)])
     with recorder.record() as student_scores:
         model.logits(batch, student)
-    recomputed = attention_distillation_loss(fresh.for_batch(batch), student_scores, batch.attention_mask)
-    from_cache = attention_distillation_loss(cached.for_batch(batch), student_scores, batch.attention_mask)
+    recomputed = attention_distillation_loss(fresh.for_batch(batch), student_scores, batch.attention_mask, "slice")
+    from_cache = attention_distillation_loss(cached.for_batch(batch), student_scores, batch.attention_mask, "slice")
     assert from_cache.item() == pytest.approx(recomputed.item(), rel=2e-3)
     assert recomputed.item() > 0
     assert model.net.active_adapters.name == student, "the teacher pass must hand routing back to the student"
 
 
 def _fused_two_marketplace_model(tiny_encoder) -> RelevanceModel:
-    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
     for lang in ("en", "es"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     model.fusion = model.add_fusion(["en", "es"])
@@ -159,14 +160,14 @@ def _fused_two_marketplace_model(tiny_encoder) -> RelevanceModel:
 
 def test_redistillation_keeps_adapters_and_distils_the_current_fusion(tiny_encoder):
     from models.stages import redistill_fusion
-    from models.training import TrainConfig
 
     model = _fused_two_marketplace_model(tiny_encoder)
     fresh, valid = make_pairs("es", 24, 21), make_pairs("es", 12, 22)
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     teacher_scores = model.predict_proba(valid)
-    report = redistill_fusion(model, fresh, valid, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-2),
-                              DistillConfig(regularization=False))
+    learner = LearnerConfig(fusion={"epochs": 1, "batch_size": 8, "learning_rate": 1e-2},
+                            distill={"regularization": False})
+    report = redistill_fusion(model, fresh, valid, learner)
     after = model.net.state_dict()
     assert model.fusion == "en,es" and report.stage == "refusion"
     assert all(torch.equal(before[k], after[k]) for k in before if ".adapters." in k), "an adapter changed"
@@ -179,15 +180,14 @@ def test_redistillation_keeps_adapters_and_distils_the_current_fusion(tiny_encod
 def test_redistillation_from_a_warm_start_begins_at_the_teacher(tiny_encoder):
     """Warm start + the previous head + a zero learning rate: the student is the teacher."""
     from models.stages import redistill_fusion
-    from models.training import TrainConfig
 
     model = _fused_two_marketplace_model(tiny_encoder)
     valid = make_pairs("es", 12, 22)
     teacher_scores = model.predict_proba(valid)
     teacher_state = {k: v.clone() for k, v in model.net.state_dict().items() if "en,es" in k}
     redistill_fusion(model, make_pairs("es", 16, 21), valid,
-                     TrainConfig(epochs=1, batch_size=8, learning_rate=0.0, warmup_ratio=0.0),
-                     DistillConfig(warm_start=True, regularization=False))
+                     LearnerConfig(fusion={"epochs": 1, "batch_size": 8, "learning_rate": 0.0, "warmup_ratio": 0.0},
+                                   distill={"warm_start": True, "regularization": False}))
     student_state = model.net.state_dict()
     assert len(teacher_state) > 4 and all(torch.equal(v, student_state[k]) for k, v in teacher_state.items())
     assert model.predict_proba(valid) == pytest.approx(teacher_scores, abs=1e-6)
@@ -195,9 +195,8 @@ def test_redistillation_from_a_warm_start_begins_at_the_teacher(tiny_encoder):
 
 def test_redistillation_needs_a_fusion(tiny_encoder):
     from models.stages import redistill_fusion
-    from models.training import TrainConfig
 
-    model = RelevanceModel.create(tiny_encoder, max_length=24)
+    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     with pytest.raises(ValueError, match="nothing to re-distil"):
-        redistill_fusion(model, make_pairs("en", 8, 1), make_pairs("en", 8, 2), TrainConfig(epochs=1))
+        redistill_fusion(model, make_pairs("en", 8, 1), make_pairs("en", 8, 2), LearnerConfig())

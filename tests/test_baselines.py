@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
-from models.baselines import METHODS, MethodConfig, run_method
-from models.baselines.full_methods import Replay, SequentialFineTuning
-from models.baselines.full_model import FullModel
-from models.baselines.hat import HardAttentionToTask
-from models.baselines.method import concat_pairs, subsample_pairs
-from models.baselines.regularizers import EWCPenalty, lwf_loss
+from models.config import BaselinesConfig, LearnerConfig, TrainConfig
+from models.methods import METHODS, run_method
+from models.methods.fine_tuning import Replay, SequentialFineTuning
+from models.methods.full_model import FullModel
+from models.methods.hat import HardAttentionToTask
+from models.methods.protocol import concat_pairs, subsample_pairs
+from models.methods.regularizers import EWCPenalty, lwf_loss
 from models.pairs import Pairs
 from models.relevance import RelevanceModel
-from models.sequence import LearnerConfig
-from models.training import TrainConfig
+from tasks.benchmark import method_learner
 from tests.conftest import make_pairs
 
 FAST = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3)
-CFG = MethodConfig(
-    learner=LearnerConfig(adapter=FAST, fusion=FAST, max_length=24, device="cpu"),
-    full=FAST, replay_per_marketplace=16, ewc_fisher_examples=32,
-)
+LEARNER = LearnerConfig(adapter=FAST, fusion=FAST, max_length=24, device="cpu")
+BASELINES = BaselinesConfig(full=FAST, replay_per_marketplace=16, ewc_fisher_examples=32)
+
+
+def _run(name, encoder, marketplaces, translated_for=None, seed=13, **kwargs):
+    """``run_method`` as the benchmark calls it: the method's preset on the learner, the run's seed."""
+    learner = method_learner(LEARNER, name).model_copy(update={"seed": seed})
+    return run_method(name, encoder, marketplaces, learner, BASELINES, translated_for, **kwargs)
 
 
 def _translated_for(calls):
@@ -39,7 +41,7 @@ def _translated_for(calls):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_fills_a_lower_triangular_matrix(name, tiny_encoder, marketplaces):
     calls, rows = [], []
-    result = run_method(name, tiny_encoder, marketplaces, CFG, _translated_for(calls), seed=5,
+    result = _run(name, tiny_encoder, marketplaces, _translated_for(calls), seed=5,
                         on_arrival=lambda t, scores: rows.append((t, sorted(scores))))
     r = result.metrics.matrix
     assert r.shape == (3, 3)
@@ -56,7 +58,7 @@ def test_every_method_fills_a_lower_triangular_matrix(name, tiny_encoder, market
 
 def test_unknown_method_lists_the_known_ones(tiny_encoder, marketplaces):
     with pytest.raises(ValueError, match="unknown method 'ewc2'.*seq-ft.*hat"):
-        run_method("ewc2", tiny_encoder, marketplaces, CFG)
+        run_method("ewc2", tiny_encoder, marketplaces, LEARNER)
 
 
 def _full_parameter_count(encoder) -> int:
@@ -66,7 +68,7 @@ def _full_parameter_count(encoder) -> int:
 
 def test_trainable_parameters_per_method(tiny_encoder, marketplaces):
     two = marketplaces[:2]
-    probe = RelevanceModel.create(tiny_encoder, max_length=24)
+    probe = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
     for spec in (m.spec for m in two):
         probe.add_marketplace(spec)
     adapter_and_head = sum(p.numel() for p in probe.parameters_of(adapters_=["es"], heads=["es"]))
@@ -74,25 +76,25 @@ def test_trainable_parameters_per_method(tiny_encoder, marketplaces):
     fusion_and_head = sum(p.numel() for p in probe.parameters_of(fusion=fusion, heads=[fusion]))
     full = _full_parameter_count(tiny_encoder)
 
-    assert run_method("adapter-only", tiny_encoder, two, CFG).trainable_parameters == adapter_and_head
-    assert run_method("ad", tiny_encoder, two, CFG).trainable_parameters == adapter_and_head + fusion_and_head
-    seq = run_method("seq-ft", tiny_encoder, two, CFG)
+    assert _run("adapter-only", tiny_encoder, two).trainable_parameters == adapter_and_head
+    assert _run("ad", tiny_encoder, two).trainable_parameters == adapter_and_head + fusion_and_head
+    seq = _run("seq-ft", tiny_encoder, two)
     assert seq.trainable_parameters == seq.total_parameters == full
     assert all(r.fit.trainable_parameters == full for r in seq.reports), "reports count the unpruned model"
-    sm = run_method("sm", tiny_encoder, two, CFG)
+    sm = _run("sm", tiny_encoder, two)
     assert sm.trainable_parameters == full and sm.total_parameters == 2 * full
 
 
 @pytest.mark.parametrize("name", ["sm", "adapter-only"])
 def test_separate_models_never_change_old_scores(name, tiny_encoder, marketplaces):
-    r = run_method(name, tiny_encoder, marketplaces, CFG).metrics.matrix
+    r = _run(name, tiny_encoder, marketplaces).metrics.matrix
     for k in range(3):
         for t in range(k + 1, 3):
             assert r[t, k] == r[k, k]
 
 
 def test_seq_ft_moves_the_earlier_marketplace(tiny_encoder, marketplaces):
-    method = SequentialFineTuning(tiny_encoder, CFG, seed=13)
+    method = SequentialFineTuning(tiny_encoder, LEARNER, BASELINES)
     en, es = marketplaces[:2]
     method.learn(en, [])
     before = method.predict_proba("en", en.test)
@@ -146,9 +148,8 @@ def test_lwf_loss_is_zero_when_the_model_has_not_moved(tiny_encoder, marketplace
 
 
 def test_hat_protects_earlier_marketplaces_bitwise(tiny_encoder, marketplaces):
-    cfg = dataclasses.replace(CFG, learner=dataclasses.replace(
-        CFG.learner, adapter=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2)))
-    hat = HardAttentionToTask(tiny_encoder, cfg, seed=3)
+    learner = LEARNER.model_copy(update={"seed": 3, "adapter": TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2)})
+    hat = HardAttentionToTask(tiny_encoder, learner, BASELINES)
     en, es = marketplaces[:2]
     hat.learn(en, [])
     before = hat.predict_proba("en", en.test)
@@ -180,7 +181,7 @@ def test_hat_protects_earlier_marketplaces_bitwise(tiny_encoder, marketplaces):
 
 
 def test_replay_mixes_the_buffer_into_training(tiny_encoder, marketplaces):
-    method = Replay(tiny_encoder, CFG, seed=13)
+    method = Replay(tiny_encoder, LEARNER, BASELINES)
     en, es, fr = marketplaces
     method.learn(en, [])
     assert len(method.buffer["en"]) == 16 and sorted(set(method.buffer["en"].labels)) == [0, 1]
@@ -214,9 +215,9 @@ def test_vocabulary_pruning_keeps_logits_identical(tiny_encoder, marketplaces):
         assert torch.equal(pruned.predict_logits(data), full.predict_logits(data))
 
     # Training the pruned model matches training the full one on the same data.
-    cfg = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, seed=1)
-    pruned.train(en.train, en.valid, cfg, desc="pruned")
-    full.train(en.train, en.valid, cfg, desc="full")
+    cfg = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3)
+    pruned.train(en.train, en.valid, cfg, seed=1, desc="pruned")
+    full.train(en.train, en.valid, cfg, seed=1, desc="full")
     data = pruned.encode(en.train)
     torch.testing.assert_close(pruned.predict_logits(data), full.predict_logits(data), atol=1e-5, rtol=1e-4)
 
@@ -235,24 +236,24 @@ def test_ad_under_run_method_is_learn_sequence(tiny_encoder, marketplaces):
     from models.sequence import learn_sequence
 
     two = marketplaces[:2]
-    sequence = learn_sequence(tiny_encoder, two, CFG.learner, _translated_for([]))
-    method = run_method("ad", tiny_encoder, two, CFG, _translated_for([]), seed=CFG.learner.adapter.seed)
+    sequence = learn_sequence(tiny_encoder, two, LEARNER, _translated_for([]))
+    method = _run("ad", tiny_encoder, two, _translated_for([]), seed=LEARNER.seed)
     np.testing.assert_array_equal(method.metrics.matrix, sequence.metrics.matrix)
 
 
 def test_adapter_methods_share_identical_adapters_and_still_pay_for_them(tiny_encoder, marketplaces):
     """adapter-only and ad (same seed, same data) train the same A_k: the second run copies it from the
     bank, gets the same adapter scores, and its arrival time still includes the original training time."""
-    from models.baselines.adapter_bank import SHARED
+    from models.methods.adapter_bank import SHARED
 
     two = marketplaces[:2]
-    first = run_method("adapter-only", tiny_encoder, two, CFG, seed=31)
+    first = _run("adapter-only", tiny_encoder, two, seed=31)
     banked = len(SHARED)
-    second = run_method("adapter-only", tiny_encoder, two, CFG, seed=31)
+    second = _run("adapter-only", tiny_encoder, two, seed=31)
     assert len(SHARED) == banked  # nothing new was trained
     np.testing.assert_array_equal(second.metrics.matrix, first.metrics.matrix)
     reused = [r.details["reused_seconds"] for r in second.reports]
     assert len(reused) == 2 and all(s > 0 for s in reused)
     assert all(a >= s for a, s in zip(second.arrival_seconds, reused, strict=True))
-    other_seed = run_method("adapter-only", tiny_encoder, two, CFG, seed=32)
+    other_seed = _run("adapter-only", tiny_encoder, two, seed=32)
     assert len(SHARED) == banked + 2 and "reused_seconds" not in other_seed.reports[0].details

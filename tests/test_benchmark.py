@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ def _fit(params: int, seconds: float, examples: int = 100) -> FitResult:
 
 @dataclass
 class FakeResult:
-    """What ``run_method`` returns (``models.baselines.MethodResult``), built by hand."""
+    """What ``run_method`` returns (``models.methods.MethodResult``), built by hand."""
 
     method: str
     seed: int
@@ -89,7 +87,8 @@ class CountingRunner:
     calls: list = field(default_factory=list)
     fail_at: int | None = None
 
-    def __call__(self, name, encoder, marketplaces, cfg, translated_for=None, seed=13):
+    def __call__(self, name, encoder, marketplaces, learner, baselines=None, translated_for=None):
+        seed = learner.seed
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise KeyboardInterrupt
         order = [m.spec.id for m in marketplaces]
@@ -136,7 +135,7 @@ def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
     assert len(plan) == 12 and len({s.key("h") for s in plan}) == 12
     assert [s for s in plan if s.sweep and s.main and s.order == first and s.fraction == 0.3]
     # by default the sweep runs for the first seed only: 8 main runs + 2 sweep-only runs
-    one = plan_runs(replace(cfg, sweep_seeds=1), _translates)
+    one = plan_runs(cfg.model_copy(update={"sweep_seeds": 1}), _translates)
     assert sorted((s.seed, s.fraction) for s in one if s.sweep) == [(13, 0.0), (13, 0.3), (13, 1.0)]
     assert len(one) == 10
 
@@ -144,7 +143,7 @@ def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
 def test_config_hash_follows_the_knobs_not_the_plan():
     a = BenchmarkConfig(order=ORDER, methods=("ad",), seeds=1)
     assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=3).run_hash("enc")
-    assert a.run_hash("enc") != BenchmarkConfig(order=ORDER, methods=("ad",), epochs=3).run_hash("enc")
+    assert a.run_hash("enc") != BenchmarkConfig(order=ORDER, methods=("ad",), learner={"adapter": {"epochs": 3}}).run_hash("enc")
     assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad",), sweep_seeds=2).run_hash("enc")
     assert a.run_hash("enc") != a.run_hash("other-encoder")
     with pytest.raises(ValueError, match="at least two marketplaces"):
@@ -272,7 +271,7 @@ def _no_translation(monkeypatch):
         n = int(round(fraction * len(train)))
         return {lang: train.head(n) for lang in sorted(set(targets) - {source})} if n else {}
 
-    monkeypatch.setattr("tasks.pipeline.translate_step", fake)
+    monkeypatch.setattr("tasks.steps.translate_step", fake)
     return calls
 
 
@@ -290,17 +289,17 @@ def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, m
     runner = CountingRunner(fail_at=3)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
-                      configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+                      translation_cache=tmp_path / "tc", progress=False)
     assert len(ResultsFile(tmp_path).read()) == 3
     runner.fail_at = None
     again = run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
-                          configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+                          translation_cache=tmp_path / "tc", progress=False)
     # plan: ad@0.3 and seq-ft for 2 seeds, plus ad@0 for 2 seeds = 6 runs, 3 done before the interruption
     assert (again.ran, again.skipped) == (3, 3) and len(runner.calls) == 6
     assert Counter(c[0] for c in runner.calls) == {"ad": 4, "seq-ft": 2}
     assert len(again.records) == 6 and len(ResultsFile(tmp_path).read()) == 6
     done = run_benchmark(cfg, data, tmp_path, encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
-                         configure=lambda c, s: None, translation_cache=tmp_path / "tc", progress=False)
+                         translation_cache=tmp_path / "tc", progress=False)
     assert (done.ran, done.skipped) == (0, 6) and len(runner.calls) == 6
     # ad at 0.3 translated es into en, and fr into en and es; fraction 0 translated nothing
     ad = [c for c in runner.calls if c[0] == "ad"]
@@ -308,8 +307,8 @@ def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, m
     assert {c[2:] for c in translations} == {(0.3, 13), (0.3, 14)}, "fraction 0 needs no translator"
     assert len(translations) == 4, "each (arrival, older languages, fraction, seed) is translated once"
     assert sorted(c[:2] for c in translations) == [("es", ("en",))] * 2 + [("fr", ("en", "es"))] * 2
-    changed = run_benchmark(_cfg(epochs=3), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
-                            translation_uses=_translates, configure=lambda c, s: None,
+    changed = run_benchmark(_cfg(learner={"adapter": {"epochs": 3}}), data, tmp_path, encoder=FAKE_ENCODER, runner=runner,
+                            translation_uses=_translates,
                             translation_cache=tmp_path / "tc", progress=False)
     assert changed.ran == 6 and len(runner.calls) == 12
 
@@ -319,7 +318,7 @@ def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch)
     cfg = _cfg(methods=("seq-ft",), fractions=())
     data = BenchmarkData.load(demo_root, cfg)
     runner = CountingRunner()
-    kw = dict(encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates, configure=lambda c, s: None,
+    kw = dict(encoder=FAKE_ENCODER, runner=runner, translation_uses=_translates,
               translation_cache=tmp_path / "tc", progress=False)
     run_benchmark(cfg, data, tmp_path, **kw)
     path = tmp_path / "results.jsonl"
@@ -347,13 +346,14 @@ def _cli(*args: str):
 
 def test_cli_runs_the_learner_and_full_fine_tuning_end_to_end(cli_env, demo_root, tiny_encoder):
     out = cli_env / "bench"
-    args = ["--data", str(demo_root), "--order", "en,es", "--methods", "ad,seq-ft", "--seeds", "1",
-            "--fractions", "0", "--translate-fraction", "0", "--pairs", "40", "--eval-pairs", "40",
-            "--max-length", "16", "--batch-size", "16", "--encoder", str(tiny_encoder.path), "--device", "cpu",
-            "--out", str(out)]
+    sets = ["seeds=1", "fractions=[0]", "translation.fraction=0", "max_train_pairs=40", "max_eval_pairs=40",
+            "max_length=16", "adapter.batch_size=16", "fusion.batch_size=16", "baselines.full.batch_size=16",
+            "device=cpu"]
+    args = ["--data", str(demo_root), "--order", "en,es", "--methods", "ad,seq-ft",
+            *(x for s in sets for x in ("--set", s)), "--encoder", str(tiny_encoder.path), "--out", str(out)]
     result = _cli(*args)
     assert result.exit_code == 0, result.output
-    assert "2 runs now, 0 from earlier" in result.output and "report written to" in result.output
+    assert "2 runs now, 0 from earlier" in result.output and "report written to" in result.output, result.output
     assert "MLflow run" in result.output
     records = ResultsFile(out).read()
     assert sorted(r.method for r in records) == ["ad", "seq-ft"]
@@ -365,6 +365,7 @@ def test_cli_runs_the_learner_and_full_fine_tuning_end_to_end(cli_env, demo_root
     assert "| ad |" in text and "| seq-ft |" in text and "heatmap_ad.png" in text and "cheaper by" in text
     config = json.loads((out / "benchmark.json").read_text())
     assert config["config"]["order"] == ["en", "es"] and len(config["plan"]) == 2
+    assert config["config"]["learner"]["max_length"] == 16 and config["config"]["baselines"]["full"]["batch_size"] == 16
     again = _cli(*args, "--no-mlflow")
     assert again.exit_code == 0 and "0 runs now, 2 from earlier" in again.output
 
@@ -388,6 +389,8 @@ def test_cli_rejects_unknown_methods_and_bad_sizes(cli_env, demo_root):
     assert result.exit_code == 2 and "unknown method(s) nope" in result.output
     result = _cli("--data", str(demo_root), "--order", "en", "--out", str(cli_env / "b"))
     assert result.exit_code == 2 and "at least two marketplaces" in result.output
+    result = _cli("--data", str(demo_root), "--order", "en,es", "--set", "fusion.epochs=0", "--out", str(cli_env / "b"))
+    assert result.exit_code == 2 and "learner.fusion.epochs = 0" in result.output
 
 
 def test_esci_layout_loads_as_capped_marketplaces(tmp_path):

@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import e5_q4, encoders
-from models.encoders import DEFAULT_ENCODER, EncoderNotFoundError, encoder_info, resolve_encoder
+from models import e5_q4, encoder_ref, encoders
+from models.encoders import (
+    DEFAULT_ENCODER,
+    EncoderNotFoundError,
+    encoder_info,
+    resolve_encoder,
+)
 from models.tiny import build_tiny_encoder
 
 TEXTS = ["red shoe", "zapato rojo", "chaussure rouge", "roter Schuh"]
@@ -35,13 +40,13 @@ def tiny_folder(tmp_path) -> Path:
 def hash_calls(monkeypatch) -> list[Path]:
     """Records every file the checksum code actually hashes."""
     calls: list[Path] = []
-    real = encoders.sha256_file
+    real = encoder_ref.sha256_file
 
     def counting(path):
         calls.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(encoders, "sha256_file", counting)
+    monkeypatch.setattr(encoder_ref, "sha256_file", counting)
     return calls
 
 
@@ -61,7 +66,7 @@ def test_checksum_is_cached_outside_the_folder_and_detects_changes(tiny_folder, 
     second = resolve_encoder(str(tiny_folder), cache)
     assert len(hash_calls) == 1, "an unchanged file must not be hashed again"
     assert second.checksum == first.checksum
-    sidecar = json.loads((cache / "encoders" / encoders.CHECKSUM_SIDECAR).read_text())
+    sidecar = json.loads((cache / "encoders" / encoder_ref.CHECKSUM_SIDECAR).read_text())
     assert sidecar[str((tiny_folder / "model.safetensors").resolve())]["sha256"] == first.checksum
     assert sorted(p.name for p in tiny_folder.iterdir()) == before, "the user's folder must not be written to"
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from models.config import GateConfig
 from tasks import registry
-from tasks.registry import ArrivalRefused, promotion_decision
+from tasks.gate import promotion_decision
+from tasks.registry import ArrivalRefused
+
+DEFAULT = GateConfig()
 
 
 def test_gate_passes_within_max_regression_and_when_fusion_beats_the_adapter():
     d = promotion_decision({"en": 0.90, "es": 0.85}, {"en": 0.891, "es": 0.86, "fr": 0.80},
-                           new_marketplace="fr", adapter_auc=0.79)
+                           new_marketplace="fr", adapter_auc=0.79, gate=DEFAULT)
     assert d.passed and d.reasons == [] and len(d.checks) == 3
 
 
@@ -21,21 +25,21 @@ def test_gate_passes_within_max_regression_and_when_fusion_beats_the_adapter():
     ({"es": 0.86, "fr": 0.80}, 0.70, "en: not evaluated"),
 ])
 def test_gate_refuses_with_the_reason(candidate, adapter_auc, failing):
-    d = promotion_decision({"en": 0.90, "es": 0.85}, candidate, new_marketplace="fr", adapter_auc=adapter_auc)
+    d = promotion_decision({"en": 0.90, "es": 0.85}, candidate, new_marketplace="fr", adapter_auc=adapter_auc, gate=DEFAULT)
     assert not d.passed and len(d.reasons) == 1 and d.reasons[0].startswith(failing)
 
 
 def test_gate_margins_and_first_version():
-    assert promotion_decision({}, {"en": 0.6}, new_marketplace="en", adapter_auc=None).passed
+    assert promotion_decision({}, {"en": 0.6}, new_marketplace="en", adapter_auc=None, gate=DEFAULT).passed
     assert not promotion_decision({"en": 0.9}, {"en": 0.85, "es": 0.9}, new_marketplace="es", adapter_auc=0.8,
-                                  max_regression=0.04).passed
+                                  gate=GateConfig(max_regression=0.04)).passed
     assert promotion_decision({"en": 0.9}, {"en": 0.85, "es": 0.9}, new_marketplace="es", adapter_auc=0.8,
-                              max_regression=0.05).passed
+                              gate=GateConfig(max_regression=0.05)).passed
     assert not promotion_decision({"en": 0.9}, {"en": 0.9, "es": 0.9}, new_marketplace="es", adapter_auc=0.85,
-                                  adapter_margin=0.05).passed
+                                  gate=GateConfig(adapter_margin=0.05)).passed
     # a replaced marketplace is judged against its adapter, not against the champion's old score for it
     assert promotion_decision({"en": 0.9, "es": 0.95}, {"en": 0.9, "es": 0.7}, new_marketplace="es",
-                              adapter_auc=0.6).passed
+                              adapter_auc=0.6, gate=DEFAULT).passed
 
 
 def _info(version, marketplaces, parent=None, test_sets=None, hashes=None):
@@ -99,7 +103,7 @@ def test_pyfunc_scores_rows_and_refuses_what_it_cannot_score(tiny_encoder):
     from models.relevance import MarketplaceSpec, RelevanceModel
     from tasks.pyfunc import PyfuncInputError, RelevancePyfunc
 
-    model = RelevanceModel.create(tiny_encoder, max_length=16)
+    model = RelevanceModel.create(tiny_encoder, max_length=16, device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     pyfunc = RelevancePyfunc()
     pyfunc.model = model

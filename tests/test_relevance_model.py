@@ -10,13 +10,14 @@ import sys
 import numpy as np
 import pytest
 
+from models.config import LearnerConfig
+from models.methods.adapter_fusion import learn_marketplace
 from models.relevance import MarketplaceSpec, ModelFormatError, RelevanceModel
-from models.sequence import LearnerConfig, learn_marketplace, learn_sequence
-from models.training import TrainConfig
+from models.sequence import learn_sequence
 from tests.conftest import make_pairs
 
-FAST = LearnerConfig(adapter=TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3),
-                     fusion=TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3), max_length=24, device="cpu")
+FAST = LearnerConfig(adapter={"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+                     fusion={"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}, max_length=24, device="cpu")
 
 
 def _fusion_names(model: RelevanceModel) -> set[str]:
@@ -125,7 +126,7 @@ def test_a_failed_save_keeps_the_previous_model(trained_pair, tmp_path, monkeypa
 
 
 def test_duplicate_marketplace_and_bad_ids(tiny_encoder):
-    model = RelevanceModel.create(tiny_encoder)
+    model = RelevanceModel.create(tiny_encoder, max_length=64, device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     with pytest.raises(ModelFormatError, match="already has an adapter"):
         model.add_marketplace(MarketplaceSpec("en", "en"))
@@ -144,7 +145,7 @@ def test_trainable_parameters_are_only_the_new_adapter_and_head(tiny_encoder, ma
 def test_fusion_warm_start_and_head_initialisation(tiny_encoder):
     import torch
 
-    model = RelevanceModel.create(tiny_encoder)
+    model = RelevanceModel.create(tiny_encoder, max_length=64, device="cpu")
     for lang in ("en", "es", "fr"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     teacher = model.add_fusion(["en", "es"], head_from="en")

@@ -31,12 +31,14 @@ def test_prints_matrix_and_writes_report_and_model(env, tiny_encoder):
         for lang in olds:
             train.to_parquet(translated / new / f"{lang}.parquet")
     result = _run("--data", str(data), "--order", "en,es,fr", "--encoder", str(tiny_encoder.path),
-                  "--translated", str(translated), "--limit", "40", "--adapter-epochs", "1", "--fusion-epochs", "1",
-                  "--max-length", "32", "--report", str(env / "report.json"), "--out", str(env / "model"))
+                  "--translated", str(translated), "--limit", "40", "--set", "adapter.epochs=1", "--set", "fusion.epochs=1",
+                  "--set", "max_length=32", "--report", str(env / "report.json"), "--out", str(env / "model"))
     assert result.exit_code == 0, result.output
     assert "ROC-AUC R[t][k]" in result.output and "BWT" in result.output and "forgetting" in result.output
     report = json.loads((env / "report.json").read_text())
     assert report["order"] == ["en", "es", "fr"]
+    assert report["learner"]["max_length"] == 32 and report["learner"]["fusion"]["epochs"] == 1
+    assert len(report["arrival_seconds"]) == 3 and "seconds per arrival" in result.output
     matrix = report["metrics"]["matrix"]
     assert matrix[0][1] is None and all(0 <= v <= 1 for v in matrix[2])
     assert [s["stage"] for s in report["stages"]] == ["adapter", "adapter", "fusion", "adapter", "fusion"]

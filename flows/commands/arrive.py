@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console, matrix_table
 
 
@@ -47,7 +48,7 @@ def registry_tables(client: Any) -> list[Any]:
 def print_registry() -> None:
     from mlflow.tracking import MlflowClient
 
-    from flows.arrival import start_tracking
+    from flows.candidate import start_tracking
     from tasks.settings import get_settings
 
     start_tracking(get_settings())
@@ -61,39 +62,50 @@ def arrive(
     train: Annotated[str, typer.Option(help="Train table (parquet/csv/jsonl, local or s3://).")],
     valid: Annotated[str, typer.Option(help="Validation table.")],
     test: Annotated[str, typer.Option(help="Test table (stored in the registry for later re-evaluation).")],
-    translate_fraction: Annotated[float, typer.Option(help="Fraction of D_t translated into each older language (0 = none).")] = 0.3,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
     replace: Annotated[bool, typer.Option(help="Retrain a marketplace the champion already has (its most recent one).")] = False,
-    max_regression: Annotated[float, typer.Option(help="Largest ROC-AUC drop allowed on any old marketplace.")] = 0.01,
-    adapter_margin: Annotated[float, typer.Option(help="The fused model must beat the new adapter alone by more than this.")] = 0.0,
-    adapter_epochs: int = 5,
-    fusion_epochs: int = 5,
-    batch_size: int = 32,
-    max_length: int = 64,
-    translation_backend: Annotated[str, typer.Option(help="auto, opus-mt, ctranslate2 or apertium.")] = "auto",
     encoder: Annotated[Optional[str], typer.Option(help="Encoder (default from settings); must match the champion's.")] = None,
     deployment: Annotated[Optional[str], typer.Option(help="Submit to this deployment (e.g. marketplace-arrival/arrival-gpu) instead of running here.")] = None,
     verbose: bool = False,
 ) -> None:
-    """Run the arrival flow: translate-subset, adapter, attention-distilled fusion, evaluate, register + gate."""
+    """Run the arrival flow: translate-subset, adapter, attention-distilled fusion, evaluate, register + gate.
+
+    Learner settings come from --preset, --config and --set (`mcl config show` lists them all)."""
     configure_logging(verbose)
+    learner, gate = run_configs("arrival", preset, config, sets)
+    parameters = {"marketplace": marketplace, "language": language, "train": train, "valid": valid, "test": test,
+                  "learner": learner, "gate": gate, "replace": replace, "encoder": encoder}
+    if not check_data(parameters):
+        raise typer.Exit(1)
     patient_local_prefect()
-    parameters = {
-        "marketplace": marketplace, "language": language, "train": train, "valid": valid, "test": test,
-        "translate_fraction": translate_fraction, "replace": replace, "max_regression": max_regression,
-        "adapter_margin": adapter_margin, "adapter_epochs": adapter_epochs, "fusion_epochs": fusion_epochs,
-        "batch_size": batch_size, "max_length": max_length, "translation_backend": translation_backend,
-        "encoder": encoder,
-    }
     if deployment is not None:
         from prefect.deployments import run_deployment
 
-        run = run_deployment(name=deployment, parameters=parameters, timeout=0)
+        submitted = {**parameters, "learner": learner.model_dump(), "gate": gate.model_dump()}
+        run = run_deployment(name=deployment, parameters=submitted, timeout=0)
         console.print(f"submitted flow run {run.name} ({run.id}) to deployment {deployment}")
         return
     outcome = run_arrival(parameters)
     print_registry()
     if outcome is None:
         raise typer.Exit(1)
+
+
+def check_data(parameters: dict[str, Any]) -> bool:
+    """The data contract, checked here before a Prefect server starts: a bad file costs one line, not a server
+    start-up, a traceback and an empty registry table."""
+    from tasks.data import DataValidationError, load_marketplace
+    from tasks.settings import get_settings
+
+    try:
+        load_marketplace(parameters["marketplace"], parameters["language"], parameters["train"],
+                         parameters["valid"], parameters["test"], s3_endpoint_url=get_settings().s3_endpoint_url)
+    except (DataValidationError, FileNotFoundError) as err:
+        console.print(f"[red]{parameters['marketplace']}: {type(err).__name__}:[/red] {err}", soft_wrap=True)
+        return False
+    return True
 
 
 def run_arrival(parameters: dict[str, Any]) -> dict | None:
@@ -106,11 +118,10 @@ def run_arrival(parameters: dict[str, Any]) -> dict | None:
     try:
         result = marketplace_arrival(**parameters)
     except (ArrivalRefused, PromotionRefused, DataValidationError, EncoderNotFoundError, FileNotFoundError) as err:
-        console.print(f"[red]{parameters['marketplace']}: {type(err).__name__}:[/red] {err}")
+        console.print(f"[red]{parameters['marketplace']}: {type(err).__name__}:[/red] {err}", soft_wrap=True)
         return None
     console.print(f"[green]{parameters['marketplace']}: registered version {result['version']} "
                   f"as @{result['alias']}[/green]  test ROC-AUC "
                   + "  ".join(f"{k} {v:.4f}" for k, v in result["aucs"].items())
                   + (f"  (adapter-only {result['adapter_auc']:.4f})" if result["adapter_auc"] is not None else ""))
     return result
-

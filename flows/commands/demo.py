@@ -18,27 +18,24 @@ from typing import Annotated
 
 import typer
 
+from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big a demo is: sized for ~25 ex/s adapter and ~15 ex/s fusion training on a 2-core CPU."""
+    """How much data a demo generates, and the learner preset sized for it on a 2-core CPU."""
 
     pairs: int  # per marketplace, before the split by query
-    adapter_epochs: int
-    fusion_epochs: int
-    max_length: int
-    batch_size: int = 32
+    preset: str  # the learner preset (tasks/presets/<preset>.toml): epochs, batch size, max length
     valid_fraction: float = 0.1
     test_fraction: float = 0.35  # the gate compares ROC-AUC to 0.01: a few hundred test pairs make that measurable
 
 
-# An adapter needs ~100 optimiser steps to separate the demo's hard negatives (measured: 600 pairs x 3 epochs
-# at batch 16 reach validation ROC-AUC 0.91 on en); quick trades that for time and mostly shows the machinery.
-# Both keep ~55% of the pairs for training (full: ~600 train, ~110 valid, ~385 test pairs per marketplace).
-QUICK = DemoSize(pairs=360, adapter_epochs=2, fusion_epochs=1, max_length=32, batch_size=8, test_fraction=0.3)
-FULL = DemoSize(pairs=1100, adapter_epochs=3, fusion_epochs=2, max_length=48, batch_size=16)
+# Both keep ~55% of the pairs for training (full: ~600 train, ~110 valid, ~385 test pairs per marketplace); quick
+# mostly shows the machinery.
+QUICK = DemoSize(pairs=360, preset="demo-quick", test_fraction=0.3)
+FULL = DemoSize(pairs=1100, preset="demo")
 
 
 def _point_settings_at(out: Path) -> None:
@@ -57,11 +54,17 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Smaller data and one epoch per stage (< 3 minutes on 2 CPU cores).")] = False,
     out: Annotated[Path, typer.Option(help="Demo folder: data, MLflow registry and artifacts (replaced on each run).")] = Path("mcl-demo"),
     languages: Annotated[str, typer.Option(help="Arrival order, comma separated.")] = "en,es,fr",
-    seed: int = 13,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
     verbose: bool = False,
 ) -> None:
-    """Generate demo data, run en -> es -> fr arrivals through Prefect + MLflow, print R[t][k] and the registry."""
+    """Generate demo data, run en -> es -> fr arrivals through Prefect + MLflow, print R[t][k] and the registry.
+
+    The learner uses the `demo` preset (`demo-quick` with --quick); --preset, --config and --set change it."""
     configure_logging(verbose)
+    size = QUICK if quick else FULL
+    learner, gate = run_configs("demo", preset or size.preset, config, sets)
     from flows.commands.arrive import patient_local_prefect, print_registry, run_arrival
 
     patient_local_prefect()
@@ -69,7 +72,6 @@ def demo(
     from tasks.learner import resolve_settings_encoder
     from tasks.settings import get_settings
 
-    size = QUICK if quick else FULL
     order = [x.strip() for x in languages.split(",") if x.strip()]
     started = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)
@@ -78,7 +80,7 @@ def demo(
     settings = get_settings()
     with console.status("preparing the encoder (first use converts multilingual-e5-small, ~15 s)"):
         encoder = resolve_settings_encoder(settings)
-    folders = generate_demo(out / "data", order, pairs_per_marketplace=size.pairs, seed=seed,
+    folders = generate_demo(out / "data", order, pairs_per_marketplace=size.pairs, seed=learner.seed,
                             valid_fraction=size.valid_fraction, test_fraction=size.test_fraction)
     console.print(f"demo data: {len(order)} marketplaces x {size.pairs} pairs in {out / 'data'}; "
                   f"encoder {encoder.name}")
@@ -89,9 +91,7 @@ def demo(
         outcomes[marketplace] = run_arrival({
             "marketplace": marketplace, "language": marketplace,
             **{split: str(folder / f"{split}.parquet") for split in ("train", "valid", "test")},
-            "adapter_epochs": size.adapter_epochs, "fusion_epochs": size.fusion_epochs,
-            "batch_size": size.batch_size, "max_length": size.max_length, "encoder": str(encoder.path),
-            "seed": seed,
+            "learner": learner, "gate": gate, "encoder": str(encoder.path),
         })
     console.rule("result")
     print_registry()

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console, matrix_table
 
 
@@ -18,41 +19,22 @@ def train_sequence(
     encoder: Annotated[Optional[str], typer.Option(help="Encoder: hub id, local folder, or the embedded default.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Save the final model folder here.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write R, metrics and stage reports as JSON here.")] = None,
-    adapter_epochs: int = 5,
-    fusion_epochs: int = 5,
-    batch_size: int = 32,
-    adapter_lr: float = 1e-3,
-    fusion_lr: float = 1e-4,
-    max_length: int = 64,
-    patience: int = 2,
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many rows per split (quick runs).")] = None,
-    distill_weight: Annotated[float, typer.Option(help="λ, the weight of L_AD (0 disables distillation).")] = 1.0,
-    omega: Annotated[str, typer.Option(help="'slice' (eq. 9) or 'renorm' over old adapters.")] = "slice",
-    warm_start: Annotated[bool, typer.Option(help="Initialise Ψ_t from Ψ_{t-1} instead of randomly.")] = False,
-    fusion_micro_batch: Annotated[int, typer.Option(help="Stage-3 micro-batch size (gradient accumulation; 0 = whole batches).")] = 16,
-    head_init: Annotated[str, typer.Option(help="The new fusion's head: 'previous' (copy M_{t-1}'s head) or 'random'.")] = "previous",
-    cache_teacher: Annotated[bool, typer.Option(help="Compute teacher attention once and reuse it each epoch.")] = True,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default from settings).")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
     verbose: bool = False,
 ) -> None:
-    """Run stages 2-4 of the method for a sequence of marketplaces and print R, average, BWT and forgetting."""
+    """Run stages 2-4 of the method for a sequence of marketplaces and print R, average, BWT and forgetting.
+
+    Learner settings come from --preset, --config and --set (`mcl config show` lists them all)."""
     configure_logging(verbose)
     from tasks.data import DataValidationError
-    from tasks.learner import learner_config, resolve_settings_encoder, run_sequence
+    from tasks.learner import resolve_settings_encoder, run_sequence
     from tasks.settings import get_settings
 
     settings = get_settings()
-    try:
-        cfg = learner_config(
-            adapter_epochs=adapter_epochs, fusion_epochs=fusion_epochs, batch_size=batch_size, adapter_lr=adapter_lr,
-            fusion_lr=fusion_lr, patience=patience, max_length=max_length, distill_weight=distill_weight, omega=omega,
-            warm_start=warm_start, head_init=head_init, cache_teacher=cache_teacher,
-            fusion_micro_batch=fusion_micro_batch or None,
-            seed=settings.seed if seed is None else seed, device=device or settings.device,
-        )
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+    cfg, _ = run_configs("train-sequence", preset, config, sets)
     ids = [x.strip() for x in order.split(",") if x.strip()]
     try:
         ref = resolve_settings_encoder(settings, encoder)
@@ -63,6 +45,8 @@ def train_sequence(
     m = result.metrics
     console.print(matrix_table(list(m.marketplaces), m.matrix))
     console.print(f"average {m.average:.4f}   BWT {m.bwt:+.4f}   forgetting {m.forgetting:.4f}")
+    console.print("seconds per arrival: " + "  ".join(
+        f"{mid} {sec:.1f}" for mid, sec in zip(m.marketplaces, result.arrival_seconds, strict=True)))
     for r in result.reports:
         console.print(f"  {r.stage:8s} {r.marketplace:6s} trainable {r.fit.trainable_parameters:>10,d} "
                       f"({100 * r.trainable_fraction:.2f}% of the encoder)  {r.fit.examples_per_second:7.1f} ex/s  "
@@ -77,6 +61,7 @@ def train_sequence(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps({
             "order": ids, "metrics": m.as_dict(), "attention": result.attention,
+            "arrival_seconds": result.arrival_seconds, "learner": cfg.model_dump(),
             "stages": [r.as_dict() for r in result.reports],
         }, indent=2, default=str))
         console.print(f"report written to {report}")

@@ -43,11 +43,11 @@ def translate(
     from_: Annotated[str, typer.Option("--from", help="Its language (BCP-47), e.g. es.")],
     to: Annotated[str, typer.Option(help="Older marketplaces' languages, comma separated, e.g. en,fr.")],
     out: Annotated[Path, typer.Option(help="Folder for <language>.parquet (what `mcl train-sequence --translated` reads as <dir>/<new id>/).")],
-    fraction: Annotated[float, typer.Option(help="Share of pairs to translate, in (0, 1]; whole queries, label ratio kept.")] = 0.3,
-    backend: Annotated[str, typer.Option(help="auto, opus-mt, ctranslate2 or apertium.")] = "auto",
+    fraction: Annotated[Optional[float], typer.Option(help="Share of pairs to translate, in (0, 1]; whole queries, label ratio kept (default: the learner's translation.fraction).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, opus-mt, ctranslate2 or apertium (default: the learner's translation.backend).")] = None,
     model: Annotated[Optional[list[str]], typer.Option(help="A local model: SRC-TGT=PATH (Marian folder, CTranslate2 folder, .argosmodel) or a self-describing PATH. Repeatable.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Subset seed (default from settings).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default from settings).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Subset seed (default: the learner's seed).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default: the learner's device).")] = None,
     batch_size: int = 32,
     beams: Annotated[int, typer.Option(help="Beam size for neural backends (1 = greedy).")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for neural backends (default: the libraries' own).")] = None,
@@ -60,13 +60,22 @@ def translate(
     """
     configure_logging(verbose)
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
+    from tasks.config import entry_learner
     from tasks.data import DataValidationError, read_table
     from tasks.settings import get_settings
     from tasks.translation import TranslationError, translate_subset
 
     settings = get_settings()
+    learner = entry_learner("arrival")
+    fraction = learner.translation.fraction if fraction is None else fraction
     targets = [t.strip() for t in to.split(",") if t.strip()]
     try:
         table = read_table(data, s3_endpoint_url=settings.s3_endpoint_url)
@@ -80,9 +89,9 @@ def translate(
                 bar.update(rows[target], completed=done, total=total)
 
             result = translate_subset(
-                table, from_, targets, fraction=fraction, seed=settings.seed if seed is None else seed,
-                backend=backend, cache_dir=settings.cache_dir / "translations" if cache else None, models=model or (),
-                device=device or settings.device, batch_size=batch_size, num_beams=beams, threads=threads, source_name=data,
+                table, from_, targets, fraction=fraction, seed=learner.seed if seed is None else seed,
+                backend=backend or learner.translation.backend, cache_dir=settings.cache_dir / "translations" if cache else None, models=model or (),
+                device=device or learner.device, batch_size=batch_size, num_beams=beams, threads=threads, source_name=data,
                 progress=progress,
             )
     except (DataValidationError, TranslationError, ValueError) as err:

@@ -17,6 +17,7 @@ from tasks.benchmark.config import (
     PLAIN_FUSION,
     BenchmarkConfig,
     RunSpec,
+    benchmark_config,
     plan_runs,
     random_orders,
 )
@@ -29,9 +30,10 @@ from tasks.benchmark.runner import (
     cap_table,
     check_methods,
     method_config,
+    method_learner,
     method_names,
     run_benchmark,
-    uses_translation,
+    translating,
 )
 from tasks.benchmark.summary import BenchmarkSummary, mean_std, summarise
 
@@ -40,5 +42,5 @@ __all__ = [
     "BenchmarkData", "BenchmarkRun", "BenchmarkSummary", "ResultsFile", "RunRecord", "RunSpec", "StageRecord",
     "Translations", "cap_table", "check_methods", "log_report_to_mlflow", "mean_std", "method_config",
     "method_names", "plan_runs", "random_orders", "report_markdown", "run_benchmark", "summarise",
-    "uses_translation", "write_report",
+    "benchmark_config", "method_learner", "translating", "write_report",
 ]

@@ -10,10 +10,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.config import BaselinesConfig, LearnerConfig
+from tasks.config import BENCHMARK_PRESET, build, merge, parse_overrides, read_file
 from tasks.hashing import fingerprint
 
 #: The learner of the paper; the translation-fraction sweep (Figure 4) runs it.
@@ -25,90 +30,97 @@ PLAIN_FUSION = "fusion-no-distill"
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.3, 0.5, 1.0)
 
 
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """Every knob of a benchmark. The defaults are sized for the demo data on 2 CPU cores (about an hour for
-    every method × 2 seeds + the fraction sweep on one seed); ``quick()`` is a few-minute smoke run, and a full-scale GPU run
-    raises ``max_train_pairs``/``max_eval_pairs`` (0 = no cap), ``epochs`` and ``max_length``.
+class BenchmarkConfig(BaseModel):
+    """Every knob of a benchmark: the plan (which runs), the data caps, and the learner and baselines every run
+    derives its configuration from (``method_config``). Presets in ``tasks/presets/benchmark/`` size it: ``cpu``
+    (the default: every method × 2 seeds + the fraction sweep on one seed, about an hour on 2 CPU cores) and
+    ``quick`` (a few-minute smoke run); a full-scale GPU run raises the caps (0 = none), the epochs and
+    ``learner.max_length``.
 
     Size knobs, biggest effect first: ``methods`` and ``seeds`` (runs = methods × seeds × orders, plus
-    ``len(fractions) - 1`` sweep runs per seed), ``max_train_pairs`` (training time is linear in it),
-    ``epochs``/``fusion_epochs``/``full_epochs``, ``max_length`` (attention is quadratic in it), ``max_eval_pairs``.
+    ``len(fractions) - 1`` sweep runs per seed), ``max_train_pairs`` (training time is linear in it), the stages'
+    epochs, ``learner.max_length`` (attention is quadratic in it), ``max_eval_pairs``.
     """
 
-    order: tuple[str, ...]
-    methods: tuple[str, ...] = ()  # empty: every registered method
-    seeds: int = 2
-    base_seed: int = 13  # seeds are base_seed, base_seed + 1, ...
-    orders: int = 1  # 1: the given order only; N > 1: it plus N - 1 distinct random permutations (Table 2)
-    order_seed: int = 0  # seeds the random orders
-    translate_fraction: float = 0.3  # what every translation-using method gets (the paper's choice)
-    fractions: tuple[float, ...] = DEFAULT_FRACTIONS  # the learner's sweep on the first order; () skips it
-    sweep_seeds: int = 1  # how many of the seeds the sweep runs for (each point is a whole ad sequence)
-    translation_backend: str = "auto"
-    max_train_pairs: int = 300  # per marketplace, whole queries, label ratio kept; 0 = no cap
-    max_eval_pairs: int = 200  # per valid and test split; 0 = no cap
-    data_seed: int = 13  # which pairs the caps keep (the same for every run)
-    # A new adapter needs ~1,000+ examples / ~100+ optimiser steps to separate the demo's hard negatives; a fusion
-    # over trained adapters (its head copied from the previous model) learns in far fewer.
-    epochs: int = 4  # adapter stages, HAT's included (paper: 5 with early stopping)
-    fusion_epochs: int = 2  # fusion stages (paper: 5 with early stopping)
-    full_epochs: int = 3  # full fine-tuning stages of the baselines
-    batch_size: int = 8
-    max_length: int = 32
-    adapter_lr: float = 1e-3
-    fusion_lr: float = 1e-4
-    full_lr: float = 5e-5  # the top of BERT's fine-tuning grid: at 2e-5, ~110 steps leave en at 0.71 ROC-AUC
-    patience: int = 2
-    device: str = "auto"
-    encoder: str = ""  # a label for the report; the resolved encoder's checksum goes into the run keys
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
+    order: tuple[str, ...] = Field(description="Marketplace ids in arrival order (ESCI: locales).")
+    methods: tuple[str, ...] = Field((), description="Methods to run; empty: every registered method.")
+    seeds: int = Field(2, ge=1, description="Seeds per method and order: learner.seed, learner.seed + 1, ...")
+    orders: int = Field(1, ge=1, description="1: the given order only; N > 1: it plus N - 1 distinct random "
+                                             "permutations (the paper's Table 2).")
+    order_seed: int = Field(0, description="Seeds the random orders.")
+    fractions: tuple[float, ...] = Field(DEFAULT_FRACTIONS, description="The learner's translation-fraction sweep "
+                                                                        "on the first order; () skips it.")
+    sweep_seeds: int = Field(1, ge=0, description="How many of the seeds the sweep runs for (each point is a whole "
+                                                  "ad sequence).")
+    max_train_pairs: int = Field(300, ge=0, description="Train pairs per marketplace, whole queries, label ratio "
+                                                        "kept; 0 = no cap.")
+    max_eval_pairs: int = Field(200, ge=0, description="Valid and test pairs per marketplace; 0 = no cap.")
+    data_seed: int = Field(13, description="Which pairs the caps keep (the same for every run).")
+    encoder: str = Field("", description="A label for the report; the resolved encoder's checksum goes into the "
+                                         "run keys.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="The learner every adapter-based "
+                                   "method starts from (an ablation adds its preset on top).")
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="The reference methods' own "
+                                       "hyper-parameters.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        for f in value:
+            if not 0 <= f <= 1:
+                raise ValueError(f"translation fractions must lie in [0, 1], got {f}")
+        return value
+
+    @model_validator(mode="after")
+    def _plan_is_possible(self) -> BenchmarkConfig:
         if len(self.order) < 2:
             raise ValueError(f"a continual-learning benchmark needs at least two marketplaces, got {list(self.order)}")
         if len(set(self.order)) != len(self.order):
             raise ValueError(f"marketplace ids repeat in the order {list(self.order)}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
-        if self.sweep_seeds < 0:
-            raise ValueError(f"sweep_seeds must be 0 or more, got {self.sweep_seeds}")
-        if self.orders < 1:
-            raise ValueError(f"orders must be at least 1, got {self.orders}")
         if self.orders > math.factorial(len(self.order)):
             raise ValueError(f"{len(self.order)} marketplaces have only {math.factorial(len(self.order))} orders, "
                              f"not {self.orders}")
-        for f in (self.translate_fraction, *self.fractions):
-            if not 0 <= f <= 1:
-                raise ValueError(f"translation fractions must lie in [0, 1], got {f}")
-        for name in ("max_train_pairs", "max_eval_pairs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (no cap) or positive")
-        if min(self.epochs, self.fusion_epochs, self.full_epochs, self.batch_size, self.max_length) < 1:
-            raise ValueError("epochs, fusion_epochs, full_epochs, batch_size and max_length must be positive")
-
-    @classmethod
-    def quick(cls, order: Sequence[str], **overrides) -> BenchmarkConfig:
-        """A smoke run: one seed, small caps, a two-point sweep; minutes on a CPU."""
-        base = dict(seeds=1, max_train_pairs=64, max_eval_pairs=64, fractions=(0.0, 0.3), max_length=24, epochs=1,
-                    fusion_epochs=1, full_epochs=1)
-        return cls(order=tuple(order), **{**base, **overrides})
+        return self
 
     @property
     def seed_values(self) -> list[int]:
-        return [self.base_seed + i for i in range(self.seeds)]
-
-    def with_methods(self, methods: Sequence[str]) -> BenchmarkConfig:
-        return replace(self, methods=tuple(methods))
+        return [self.learner.seed + i for i in range(self.seeds)]
 
     def run_hash(self, *extra: object) -> str:
-        """Identity of what every run computes from: sizes, epochs, rates, device... (not the plan's lists).
+        """Identity of what every run computes from: caps, the learner and the baselines (not the plan's lists).
 
         ``extra`` adds what the configuration does not hold: the encoder's checksum and the data's hashes.
-        Changing a knob changes the hash, so old results are not mixed with new ones on resume.
+        Changing a knob changes the hash, so old results are not mixed with new ones on resume. The seed and the
+        translation fraction are part of each run's own key instead.
         """
-        knobs = {k: v for k, v in asdict(self).items()
-                 if k not in ("methods", "seeds", "sweep_seeds", "orders", "order_seed", "fractions", "order", "encoder")}
+        learner = self.learner.model_dump()
+        learner.pop("seed")
+        learner["translation"].pop("fraction")
+        knobs = {"max_train_pairs": self.max_train_pairs, "max_eval_pairs": self.max_eval_pairs,
+                 "data_seed": self.data_seed, "learner": learner, "baselines": self.baselines.model_dump()}
         return fingerprint("benchmark-run", knobs, *extra)[:16]
+
+
+def benchmark_config(order: Sequence[str], methods: Sequence[str] = (), *, preset: str | None = BENCHMARK_PRESET,
+                     file: str | Path | None = None, overrides: Sequence[str] = (), **plan: Any) -> BenchmarkConfig:
+    """A benchmark from a preset (``tasks/presets/benchmark/``), a TOML file and ``--set`` overrides, plus plan
+    values given directly (``order``, ``methods``...). A setting that is not a benchmark field is a learner
+    setting: ``--set fusion.epochs=3`` means ``learner.fusion.epochs``; ``baselines.full.epochs`` reaches the
+    references."""
+    values = merge(read_file(file), {}) if file is not None else {}
+    given = parse_overrides(overrides)
+    fields = BenchmarkConfig.model_fields
+
+    def routed(tree: dict[str, Any]) -> dict[str, Any]:
+        learner = {k: v for k, v in tree.items() if k not in fields}
+        rest = {k: v for k, v in tree.items() if k in fields}
+        return merge(rest, {"learner": learner}) if learner else rest
+
+    overlay = merge(routed(values), routed(given))
+    return build(BenchmarkConfig, preset=preset, kind="benchmark",
+                 overrides=merge(overlay, {"order": tuple(order), "methods": tuple(methods), **plan}))
 
 
 def random_orders(order: Sequence[str], n: int, seed: int = 0) -> list[tuple[str, ...]]:
@@ -156,7 +168,7 @@ class RunSpec:
 
 
 def plan_runs(cfg: BenchmarkConfig, uses_translation: Callable[[str], bool]) -> list[RunSpec]:
-    """method × seed × order (each translation-using method at ``cfg.translate_fraction``), then the learner's
+    """method × seed × order (each translation-using method at ``cfg.learner.translation.fraction``), then the learner's
     fraction sweep on the first order for the first ``cfg.sweep_seeds`` seeds; a sweep point equal to a main run
     is that run."""
     if not cfg.methods:
@@ -165,7 +177,7 @@ def plan_runs(cfg: BenchmarkConfig, uses_translation: Callable[[str], bool]) -> 
     runs: dict[tuple, RunSpec] = {}
     for order in orders:
         for method in cfg.methods:
-            fraction = cfg.translate_fraction if uses_translation(method) else None
+            fraction = cfg.learner.translation.fraction if uses_translation(method) else None
             for seed in cfg.seed_values:
                 spec = RunSpec(method, seed, order, fraction)
                 runs.setdefault((method, seed, order, fraction), spec)

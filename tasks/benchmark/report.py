@@ -1,13 +1,15 @@
 """The benchmark report: ``report.md`` with PNG plots beside it, and the same folder logged to MLflow.
 
 Figures use matplotlib's object API (no pyplot state), like ``tasks.reporting``, whose R heatmap is reused.
+
+Length: one section function per part of the report (table, ablations, sweep, performance), each next to the
+figure it embeds; they are read top to bottom as the report is.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 from tasks.benchmark.config import AD_METHOD, PLAIN_FUSION, BenchmarkConfig
 from tasks.benchmark.results import RunRecord
 from tasks.benchmark.summary import BenchmarkSummary, human_count, summarise
+from tasks.config import flat
 from tasks.reporting import heatmap_figure
 
 log = logging.getLogger(__name__)
@@ -141,14 +144,16 @@ def _config_lines(cfg: BenchmarkConfig | None, records: Sequence[RunRecord]) -> 
     if cfg is None:
         return [f"- runs: {len(records)}"]
     return [
-        f"- encoder: `{cfg.encoder or 'default'}`, device `{cfg.device}`",
+        f"- encoder: `{cfg.encoder or 'default'}`, device `{cfg.learner.device}`",
         f"- first order: {' > '.join(cfg.order)}; orders: {cfg.orders}; seeds: {', '.join(map(str, cfg.seed_values))}",
         f"- pairs per marketplace: train ≤ {cfg.max_train_pairs or 'all'}, valid/test ≤ {cfg.max_eval_pairs or 'all'}; "
-        f"max length {cfg.max_length}; batch {cfg.batch_size}",
-        f"- epochs: {cfg.epochs} per adapter stage, {cfg.fusion_epochs} per fusion stage, {cfg.full_epochs} per full fine-tuning stage; "
-        f"learning rates adapter {cfg.adapter_lr:g}, fusion {cfg.fusion_lr:g}, full {cfg.full_lr:g}",
-        f"- translation: fraction {cfg.translate_fraction:g} for the methods that translate, backend "
-        f"`{cfg.translation_backend}`; sweep {', '.join(f'{f:g}' for f in cfg.fractions) or 'none'}",
+        f"max length {cfg.learner.max_length}; batch {cfg.learner.adapter.batch_size}",
+        f"- epochs: {cfg.learner.adapter.epochs} per adapter stage, {cfg.learner.fusion.epochs} per fusion stage, "
+        f"{cfg.baselines.full.epochs} per full fine-tuning stage; learning rates adapter "
+        f"{cfg.learner.adapter.learning_rate:g}, fusion {cfg.learner.fusion.learning_rate:g}, "
+        f"full {cfg.baselines.full.learning_rate:g}",
+        f"- translation: fraction {cfg.learner.translation.fraction:g} for the methods that translate, backend "
+        f"`{cfg.learner.translation.backend}`; sweep {', '.join(f'{f:g}' for f in cfg.fractions) or 'none'}",
         f"- runs: {len(records)} (configuration hash `{records[0].run_hash if records else '-'}`)",
     ]
 
@@ -302,7 +307,8 @@ def log_report_to_mlflow(out: Path, records: Sequence[RunRecord], cfg: Benchmark
         params: dict[str, Any] = {"runs": len(records), "methods": ",".join(summary.methods),
                                   "first_order": ",".join(summary.first_order)}
         if cfg is not None:
-            params.update({k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()})
+            params.update({k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                           for k, v in flat(cfg).items()})
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics: dict[str, float] = {}
         for method, row in summary.stats.iterrows():

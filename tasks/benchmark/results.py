@@ -97,7 +97,7 @@ class RunRecord:
     @classmethod
     def from_result(cls, spec: RunSpec, run_hash: str, result: Any, *, translation_seconds: float = 0.0,
                     translated_rows: Mapping[str, Mapping[str, int]] | None = None) -> RunRecord:
-        """From a ``models.baselines.MethodResult``: its metrics, timings and stage reports."""
+        """From a ``models.methods.MethodResult``: its metrics, timings and stage reports."""
         metrics = result.metrics
         if list(metrics.marketplaces) != list(spec.order):
             raise ValueError(f"{spec.label}: the result covers {list(metrics.marketplaces)}, not {list(spec.order)}")

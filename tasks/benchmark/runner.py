@@ -1,5 +1,5 @@
 """Running a benchmark plan: data loaded and capped once, translations made once per (arrival, older languages,
-fraction, seed), each run through ``models.baselines.run_method``, each record appended to ``results.jsonl`` as
+fraction, seed), each run through ``models.methods.run_method``, each record appended to ``results.jsonl`` as
 soon as its run ends. A rerun with the same configuration skips every run already in the file.
 """
 
@@ -10,43 +10,60 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from models.config import BaselinesConfig, LearnerConfig
 from tasks.benchmark.config import BenchmarkConfig, RunSpec, plan_runs
 from tasks.benchmark.results import ResultsFile, RunRecord
+from tasks.config import build
 from tasks.hashing import table_hash
-from tasks.learner import learner_config, marketplace_splits, to_pairs, translated_source
+from tasks.learner import (
+    marketplace_splits,
+    to_pairs,
+    translated_source,
+)
 from tasks.translation.subset import select_subset
 
 if TYPE_CHECKING:
     from models.encoders import EncoderRef
+    from models.methods import MarketplaceSplits
     from models.pairs import Pairs
     from models.relevance import MarketplaceSpec
-    from models.sequence import MarketplaceSplits
     from tasks.data import Marketplace
 
 log = logging.getLogger(__name__)
 
-#: ``run_method``'s signature: (name, encoder, marketplaces, cfg, translated_for=None, seed=13) -> MethodResult.
+#: ``run_method``'s signature: (name, encoder, marketplaces, learner, baselines, translated_for=None) -> MethodResult.
 Runner = Callable[..., Any]
 CONFIG_FILE = "benchmark.json"
 
 
 # --------------------------------------------------------------------------- methods
 def method_names() -> list[str]:
-    from models.baselines import METHODS
+    from models.methods import METHODS
 
     return list(METHODS)
 
 
-def uses_translation(method: str) -> bool:
-    from models.baselines import METHODS
+def method_learner(learner: LearnerConfig, method: str) -> LearnerConfig:
+    """The learner ``method`` runs with: the benchmark's, plus the method's preset (an ablation's settings)."""
+    from models.methods import METHOD_PRESETS
 
-    return bool(METHODS[method].uses_translation)
+    preset = METHOD_PRESETS.get(method)
+    return learner if preset is None else build(LearnerConfig, base=learner.model_dump(), preset=preset)
+
+
+def translating(method: str) -> bool:
+    """Whether a method's runs are handed translated sets: its class uses them and its preset does not switch
+    translation off (``ad`` at a fraction of 0 is still the translating method, at that fraction)."""
+    from models.methods import METHODS
+
+    probe = LearnerConfig(translation={"fraction": 1.0})
+    return METHODS[method].uses_translation and method_learner(probe, method).translation.fraction > 0
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -56,18 +73,14 @@ def check_methods(methods: Sequence[str]) -> None:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
-def method_config(cfg: BenchmarkConfig, seed: int):
-    """The baselines' configuration for one seed: the learner's stages and the full fine-tuning stages sized by
-    the benchmark's knobs; the methods' own hyper-parameters keep their defaults."""
-    from models.baselines import MethodConfig
-    from models.training import TrainConfig
-
-    learner = learner_config(adapter_epochs=cfg.epochs, fusion_epochs=cfg.fusion_epochs, batch_size=cfg.batch_size,
-                             adapter_lr=cfg.adapter_lr, fusion_lr=cfg.fusion_lr, patience=cfg.patience,
-                             max_length=cfg.max_length, seed=seed, device=cfg.device)
-    full = TrainConfig(epochs=cfg.full_epochs, batch_size=cfg.batch_size, learning_rate=cfg.full_lr,
-                       patience=cfg.patience, seed=seed)
-    return MethodConfig(learner=learner, full=full)
+def method_config(cfg: BenchmarkConfig, spec: RunSpec) -> tuple[LearnerConfig, BaselinesConfig]:
+    """One run's configuration: the benchmark's learner with the method's preset, the run's seed and (for a
+    translating run) its fraction; the baselines' hyper-parameters as the benchmark holds them."""
+    learner = method_learner(cfg.learner, spec.method)
+    update: dict[str, Any] = {"seed": spec.seed}
+    if spec.fraction is not None:
+        update["translation"] = learner.translation.model_copy(update={"fraction": spec.fraction})
+    return learner.model_copy(update=update), cfg.baselines
 
 
 # --------------------------------------------------------------------------- data
@@ -120,7 +133,7 @@ class BenchmarkData:
 class Translations:
     """T_1..T_{t-1} for each arrival, made once per (new marketplace, older languages, fraction, seed) and kept
     for the whole benchmark; the translation cache on disk makes a rerun free. Without a translator for a pair
-    (``backend="auto"``) the arrival goes on untranslated, with a warning (``tasks.pipeline.translate_step``)."""
+    (``backend="auto"``) the arrival goes on untranslated, with a warning (``tasks.steps.translate_step``)."""
 
     data: BenchmarkData
     backend: str
@@ -134,7 +147,7 @@ class Translations:
         if key not in self.made and fraction <= 0:  # nothing to translate (and no orchestration imports)
             self.made[key] = ({}, 0.0)
         if key not in self.made:
-            from tasks.pipeline import translate_step
+            from tasks.steps import translate_step
 
             start = time.perf_counter()
             tables = translate_step(market.train, market.language, list(languages), fraction=fraction, seed=seed,
@@ -181,25 +194,25 @@ def run_benchmark(
     encoder: EncoderRef,
     runner: Runner | None = None,
     translation_uses: Callable[[str], bool] | None = None,
-    configure: Callable[[BenchmarkConfig, int], Any] = method_config,
+    configure: Callable[[BenchmarkConfig, RunSpec], tuple[LearnerConfig, BaselinesConfig]] = method_config,
     translation_cache: Path | None = None,
     progress: bool = True,
 ) -> BenchmarkRun:
     """Run every planned run not yet in ``<out>/results.jsonl`` and append its record there as soon as it ends.
 
-    ``runner`` defaults to ``models.baselines.run_method``, ``configure`` (the ``MethodConfig`` of a seed) to
+    ``runner`` defaults to ``models.methods.run_method``, ``configure`` (a run's learner and baselines) to
     ``method_config`` and ``translation_uses`` (which methods translate) to the methods' own ``uses_translation``. The key of a run is (method, seed, order, fraction, configuration hash); the
     hash covers every knob that changes a run's result, the encoder's checksum and the capped data's content.
     """
     from tqdm.auto import tqdm
 
     if runner is None:
-        from models.baselines import run_method as runner
+        from models.methods import run_method as runner
     if translation_cache is None:
         from tasks.settings import get_settings
 
         translation_cache = get_settings().cache_dir / "translations"
-    plan = plan_runs(cfg, translation_uses or uses_translation)
+    plan = plan_runs(cfg, translation_uses or translating)
     run_hash = cfg.run_hash(encoder.checksum, data.hashes())
     results = ResultsFile(out)
     finished = results.finished()
@@ -208,17 +221,18 @@ def run_benchmark(
              results.path, len(todo))
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / CONFIG_FILE).write_text(json.dumps({
-        "config": asdict(cfg), "run_hash": run_hash, "encoder": {"name": encoder.name, "checksum": encoder.checksum},
+        "config": cfg.model_dump(mode="json"), "run_hash": run_hash, "encoder": {"name": encoder.name, "checksum": encoder.checksum},
         "data": data.hashes(), "plan": [s.key(run_hash) for s in plan],
     }, indent=2))
-    translations = Translations(data, cfg.translation_backend, Path(translation_cache))
+    translations = Translations(data, cfg.learner.translation.backend, Path(translation_cache))
     bar = tqdm(total=len(todo), desc="benchmark", unit="run", disable=not progress or not todo, position=0)
     try:
         for spec in todo:
             bar.set_postfix_str(spec.label)
             translated_for, seconds, rows = translations.for_run(spec)
-            result = runner(spec.method, encoder, data.splits(spec.order), configure(cfg, spec.seed),
-                            translated_for=translated_for, seed=spec.seed)
+            learner, baselines = configure(cfg, spec)
+            result = runner(spec.method, encoder, data.splits(spec.order), learner, baselines,
+                            translated_for=translated_for)
             record = RunRecord.from_result(spec, run_hash, result, translation_seconds=seconds, translated_rows=rows)
             results.append(record)
             finished[record.key] = record

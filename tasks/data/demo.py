@@ -7,6 +7,9 @@ than shared strings. A query names a product type and one or two attributes; a t
 the same type (possibly under another name) with compatible attributes. Irrelevant titles are hard: another
 type of the same category sharing the query's brand/colour/material, or the same type with one conflicting
 attribute. Everything is drawn from seeded ``random.Random`` streams, so a seed gives byte-identical files.
+
+Length: one generator whose query, title and negative samplers share the vocabulary and the seeded streams;
+cut apart, the byte-identical guarantee would depend on call order across modules.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Files are fetched whole (local or ``s3://`` through boto3) and parsed by pyarrow/pandas; when a parser fails,
 the failure is translated into a ``DataValidationError`` that says which file, row (and line) and column, so
 an operator never has to read a pyarrow traceback to find a truncated line.
+
+Length: three formats x two locations plus the ESCI layout, each reader with its own error translation; they
+share the fetch and the row/line arithmetic.
 """
 
 from __future__ import annotations
@@ -19,8 +22,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.contract import MARKETPLACE_FILE, SPLITS, TABLE_SUFFIXES, DataValidationError, Marketplace
-from tasks.data.validation import leakage_warnings, validate_language, validate_marketplace_id, validate_table
+from tasks.data.contract import (
+    MARKETPLACE_FILE,
+    SPLITS,
+    TABLE_SUFFIXES,
+    DataValidationError,
+    Marketplace,
+)
+from tasks.data.validation import (
+    leakage_warnings,
+    validate_language,
+    validate_marketplace_id,
+    validate_table,
+)
 
 PathLike = str | os.PathLike
 TableSource = PathLike | pd.DataFrame
@@ -74,7 +88,11 @@ def _s3_client(endpoint: str | None):
 
 
 def _s3_error(path: str, endpoint: str | None, err: Exception) -> DataValidationError:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     where = endpoint or "AWS"
     if isinstance(err, NoCredentialsError):

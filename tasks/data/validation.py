@@ -2,6 +2,9 @@
 
 Each check finds the FIRST offending data row so the message can name it; a training run that dies an hour
 in on row 180,000 is the failure this module exists to prevent.
+
+Length: one check per rule of the data contract, each with its message; they share the row-finding helpers,
+so splitting them would scatter the contract across files.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.data.contract import DataValidationError
 from tasks.translation.backends.base import ModelInfo, TranslationBackend
 from tasks.translation.backends.registry import build_backends, parse_model_specs
 from tasks.translation.cache import CachedTranslation, TranslationCache
-from tasks.data.contract import DataValidationError
 from tasks.translation.errors import ModelUnavailableError
 from tasks.translation.languages import normalize_language
 from tasks.translation.routing import Route, direct_fallback, find_route, no_route_error

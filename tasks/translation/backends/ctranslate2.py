@@ -1,5 +1,8 @@
 """CTranslate2: Opus-MT converted to a fast inference engine (int8 on CPU, float16 on GPU), and
-Argos Translate packages, which are CTranslate2 models with a sentencepiece model and metadata."""
+Argos Translate packages, which are CTranslate2 models with a sentencepiece model and metadata.
+
+Length: both formats run through the same CTranslate2 translator and tokenizer handling; an Argos package is
+only a CTranslate2 model in a zip, so the two stay in one backend."""
 
 from __future__ import annotations
 
@@ -23,7 +26,11 @@ from tasks.translation.backends.base import (
     folder_fingerprint,
     length_sorted_batches,
 )
-from tasks.translation.backends.hub import cached_opus_mt_models, fetch_opus_mt, is_hub_id
+from tasks.translation.backends.hub import (
+    cached_opus_mt_models,
+    fetch_opus_mt,
+    is_hub_id,
+)
 from tasks.translation.errors import ModelUnavailableError
 from tasks.translation.languages import normalize_language
 

@@ -20,7 +20,6 @@ The up-projection's bias feeds every unit's output, so it is frozen once a marke
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -32,17 +31,18 @@ from adapters.methods.modeling import Adapter
 from torch import nn
 from transformers import AutoTokenizer
 
-from models.baselines.method import ContinualMethod, MethodConfig
+from models.adapter_parts import adapter_modules, head_module, parameters_in
 from models.device import autocast, resolve_device
 from models.losses import relevance_loss
+from models.methods.protocol import ContinualMethod, MarketplaceSplits
 from models.metrics import roc_auc
 from models.pairs import Batch, Pairs, batches, encode_pairs
 from models.relevance import NUM_LABELS
-from models.sequence import MarketplaceSplits
 from models.stages import StageReport
 from models.training import fit, seed_everything
 
 if TYPE_CHECKING:
+    from models.config import BaselinesConfig, LearnerConfig
     from models.encoders import EncoderRef
 
 ADAPTER = "hat"
@@ -150,10 +150,12 @@ class HardAttentionToTask(ContinualMethod):
     description = ("HAT (Serra et al. 2018): one shared Pfeiffer adapter whose bottleneck units are gated per "
                    "marketplace, units of earlier marketplaces protected, one head per marketplace")
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        self.train_cfg = dataclasses.replace(cfg.learner.adapter, seed=seed, weight_decay=0.0)
-        self.max_length = cfg.learner.max_length
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
+        # HAT's own regulariser replaces weight decay, which would shrink the protected units.
+        self.train_cfg = learner.adapter.model_copy(update={"weight_decay": 0.0})
+        self.max_length = learner.max_length
+        seed = learner.seed
         self.tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
         seed_everything(seed)
         self.net = AutoAdapterModel.from_pretrained(str(encoder.path))
@@ -162,18 +164,18 @@ class HardAttentionToTask(ContinualMethod):
         self.net.add_adapter(ADAPTER, config=SeqBnConfig())
         self.net.set_active_adapters(ADAPTER)
         layers = [m for m in self.net.modules() if isinstance(m, Adapter) and m.name == ADAPTER]
-        self.gates = HATGates(layers, cfg.hat_smax)
-        self.device = resolve_device(cfg.learner.device)
+        self.gates = HATGates(layers, self.baselines.hat_smax)
+        self.device = resolve_device(learner.device)
         self.net.to(self.device)
         self.gates.to(self.device)
         self.heads: list[str] = []
         self._last_trained = 0
 
     def adapter_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.net.named_parameters() if f".adapters.{ADAPTER}." in n]
+        return parameters_in(self.net, adapter_modules(self.net, ADAPTER))
 
     def head_parameters(self, marketplace_id: str) -> list[nn.Parameter]:
-        return [p for n, p in self.net.named_parameters() if n.startswith(f"heads.{marketplace_id}.")]
+        return parameters_in(self.net, [head_module(self.net, marketplace_id)])
 
     def logits(self, batch: Batch, marketplace_id: str) -> torch.Tensor:
         out = self.net(**batch.model_inputs(), head=marketplace_id)
@@ -181,7 +183,7 @@ class HardAttentionToTask(ContinualMethod):
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         cfg, mid = self.train_cfg, data.spec.id
-        seed_everything(cfg.seed + len(self.heads))
+        seed_everything(self.seed + len(self.heads))
         self.net.add_classification_head(mid, num_labels=NUM_LABELS)
         self.net.to(self.device)
         embedding = self.gates.add_task(mid)
@@ -198,13 +200,13 @@ class HardAttentionToTask(ContinualMethod):
 
         def epoch_batches(epoch: int):
             position["batch"] = 0
-            return batches(encoded, cfg.batch_size, pad, shuffle=True, seed=cfg.seed + epoch)
+            return batches(encoded, cfg.batch_size, pad, shuffle=True, seed=self.seed + epoch)
 
         def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
             gates.task, gates.s = mid, gates.anneal(position["batch"], steps)
             ce = relevance_loss(self.logits(batch, mid), batch.labels)
             reg = gates.regularizer()
-            return ce + self.cfg.hat_lambda * reg, {"ce": float(ce.detach()), "hat_reg": float(reg.detach())}
+            return ce + self.baselines.hat_lambda * reg, {"ce": float(ce.detach()), "hat_reg": float(reg.detach())}
 
         def before_step() -> None:
             gates.mask_gradients()

@@ -1,9 +1,8 @@
-"""The paper's method, its ablations and its non-sequential reference, all on one RelevanceModel.
+"""The paper's method and the references built on the same RelevanceModel.
 
-- ``ad``: language adapter + attention-distilled AdapterFusion (the paper).
-- ``ad-no-translation``: the same without translated sets (paper §4.2: D_t batches get CE + L_AD).
-- ``fusion-no-distill``: a fresh fusion per arrival trained with cross-entropy only (λ = 0): what the
-  distillation adds.
+- ``ad``: language adapter + attention-distilled AdapterFusion (the paper). Its ablations are the same
+  class under another learner configuration (``models.methods.catalog.METHOD_PRESETS``): ``ad-no-translation``
+  (paper §4.2: no translated sets, D_t batches get CE + L_AD) and ``fusion-no-distill`` (λ = 0).
 - ``adapter-only``: one adapter + head per marketplace and no fusion: no forgetting by construction, no
   cross-lingual transfer.
 - ``joint-fusion``: adapters trained once each, plus one fusion trained from scratch on D_1..D_t together
@@ -12,43 +11,57 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.baselines.adapter_bank import SHARED
-from models.baselines.method import ContinualMethod, MethodConfig, concat_pairs
-from models.device import resolve_device
+from models.methods.adapter_bank import SHARED
+from models.methods.protocol import ContinualMethod, MarketplaceSplits, concat_pairs
 from models.pairs import Pairs
 from models.relevance import RelevanceModel
-from models.sequence import LearnerConfig, MarketplaceSplits, learn_marketplace
-from models.stages import StageReport, distill_fusion
+from models.stages import StageReport, distill_fusion, train_language_adapter
 
 if TYPE_CHECKING:
+    from models.config import LearnerConfig
     from models.encoders import EncoderRef
 
 
-def _seeded(cfg: LearnerConfig, seed: int) -> LearnerConfig:
-    """The learner configuration with the run's seed in both stages (the benchmark varies seeds)."""
-    return dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, seed=seed),
-                               fusion=dataclasses.replace(cfg.fusion, seed=seed))
+def learn_marketplace(
+    model: RelevanceModel | None,
+    encoder: EncoderRef,
+    data: MarketplaceSplits,
+    translated: Sequence[Pairs],
+    cfg: LearnerConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    train_adapter: Callable[..., StageReport] = train_language_adapter,
+) -> tuple[RelevanceModel, list[StageReport]]:
+    """One arrival: M_{t-1} (or nothing) + D_t (+ T_1..T_{t-1}) -> M_t. ``model`` is modified in place.
+
+    ``train_adapter`` is stage 2 (the benchmark passes an adapter bank that reuses identical adapters)."""
+    if model is None:
+        model = RelevanceModel.create(encoder, max_length=cfg.max_length, device=cfg.device)
+    ckpt = (lambda name: checkpoint_dir / f"{data.spec.id}-{name}.pt") if checkpoint_dir else (lambda name: None)
+    reports = [train_adapter(model, data.spec, data.train, data.valid, cfg, checkpoint=ckpt("adapter"))]
+    if len(model.marketplaces) > 1:
+        reports.append(distill_fusion(model, data.train, data.valid, translated, cfg, checkpoint=ckpt("fusion")))
+    return model, reports
 
 
 class _RelevanceMethod(ContinualMethod):
     """Shared state: one growing RelevanceModel and the reports of the latest arrival."""
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        self.learner = _seeded(cfg.learner, seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines=None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.model: RelevanceModel | None = None
         self.last_reports: list[StageReport] = []
 
     def _model(self) -> RelevanceModel:
         if self.model is None:
-            self.model = RelevanceModel.create(self.encoder, max_length=self.learner.max_length)
-            self.model.net.to(resolve_device(self.learner.device))
+            self.model = RelevanceModel.create(self.encoder, max_length=self.learner.max_length,
+                                               device=self.learner.device)
         return self.model
 
     def _setup(self, marketplace_id: str) -> str | None:
@@ -81,35 +94,12 @@ class AttentionDistillation(_RelevanceMethod):
         return self.last_reports
 
 
-class AttentionDistillationNoTranslation(AttentionDistillation):
-    name = "ad-no-translation"
-    description = "the paper's method without translations: every D_t batch gets CE + L_AD (paper §4.2)"
-    uses_translation = False
-
-    def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
-        return super().learn(data, [])
-
-
-class FusionNoDistillation(AttentionDistillation):
-    name = "fusion-no-distill"
-    description = "language adapter + a fresh AdapterFusion per arrival trained on D_t with CE only (λ = 0)"
-    uses_translation = False
-
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        self.learner = dataclasses.replace(self.learner, distill=dataclasses.replace(self.learner.distill, weight=0.0))
-
-    def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
-        return super().learn(data, [])
-
-
 class AdapterOnly(_RelevanceMethod):
     name = "adapter-only"
     description = "one language adapter + head per marketplace, no fusion; marketplace k is scored by A_k"
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
-        model = self._model()
-        self.last_reports = [SHARED.train(model, data.spec, data.train, data.valid, self.learner.adapter)]
+        self.last_reports = [SHARED.train(self._model(), data.spec, data.train, data.valid, self.learner)]
         return self.last_reports
 
     def _setup(self, marketplace_id: str) -> str | None:
@@ -122,21 +112,18 @@ class JointFusion(_RelevanceMethod):
                    "trained from scratch on D_1..D_t together at every arrival (keeps old training data)")
     breaks_no_replay = True
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        # A fresh fusion and head, cross-entropy only: the non-sequential AdapterFusion of the paper's tables.
-        distill = dataclasses.replace(self.learner.distill, weight=0.0, warm_start=False, head_init="random")
-        self.learner = dataclasses.replace(self.learner, distill=distill)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines=None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.seen: list[MarketplaceSplits] = []
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         model = self._model()
         self.seen.append(data)
-        reports = [SHARED.train(model, data.spec, data.train, data.valid, self.learner.adapter)]
+        reports = [SHARED.train(model, data.spec, data.train, data.valid, self.learner)]
         if len(self.seen) > 1:
             train = concat_pairs([m.train for m in self.seen])
             valid = concat_pairs([m.valid for m in self.seen])
-            report = distill_fusion(model, train, valid, [], self.learner.fusion, self.learner.distill)
+            report = distill_fusion(model, train, valid, [], self.learner)
             report.details["joint_marketplaces"] = [m.spec.id for m in self.seen]
             reports.append(report)
         self.last_reports = reports

@@ -5,7 +5,7 @@ but A_k and its head, from a seeded initialisation, and never reads earlier adap
 ablations, ``adapter-only``, ``joint-fusion`` and every point of the translation-fraction sweep would
 train the very same A_k. The bank trains it once per process and gives later runs a copy of the
 weights with the original stage report. The report carries ``reused_seconds`` (its training time), which
-:func:`models.sequence.run_arrivals` adds to the arrival's wall time, so reuse never flatters a
+:func:`models.methods.protocol.run_protocol` adds to the arrival's wall time, so reuse never flatters a
 method's cost.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
+from models.config import LearnerConfig
 from models.pairs import Pairs
 from models.relevance import MarketplaceSpec, RelevanceModel
 from models.stages import StageReport, train_language_adapter
-from models.training import TrainConfig
 
 
-def _fingerprint(model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: TrainConfig) -> str:
-    digest = hashlib.sha256(repr((model.encoder.checksum, model.max_length, spec, cfg)).encode())
+def _fingerprint(model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: LearnerConfig) -> str:
+    digest = hashlib.sha256(repr((model.encoder.checksum, model.max_length, spec, cfg.adapter, cfg.seed)).encode())
     for pairs in (train, valid):
         digest.update(repr((list(pairs.queries), list(pairs.titles), [int(x) for x in pairs.labels])).encode())
     return digest.hexdigest()
@@ -34,27 +34,22 @@ class AdapterBank:
     """Trained adapter + head weights by fingerprint, in memory (about 1.5 MB per adapter on e5-small)."""
 
     def __init__(self) -> None:
-        self._store: dict[str, tuple[dict[str, torch.Tensor], StageReport]] = {}
+        self._store: dict[str, tuple[list[dict[str, torch.Tensor]], StageReport]] = {}
 
     def __len__(self) -> int:
         return len(self._store)
 
-    def train(self, model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: TrainConfig,
+    def train(self, model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: LearnerConfig,
               *, checkpoint: Path | None = None) -> StageReport:
         """``train_language_adapter``, or the same adapter copied in when it was trained before."""
         key = _fingerprint(model, spec, train, valid, cfg)
         if key in self._store:
             state, report = self._store[key]
             model.add_marketplace(spec)
-            unknown = model.net.load_state_dict(state, strict=False).unexpected_keys
-            if unknown:
-                raise RuntimeError(f"adapter bank: the model has no parameters {unknown[:3]} for {spec.id!r}")
+            model.load_marketplace_state(spec.id, state)
             return dataclasses.replace(report, details={**report.details, "reused_seconds": report.fit.train_seconds})
         report = train_language_adapter(model, spec, train, valid, cfg, checkpoint=checkpoint)
-        owned = (f".adapters.{spec.id}.", f"heads.{spec.id}.")
-        state = {k: v.detach().clone() for k, v in model.net.state_dict().items()
-                 if owned[0] in k or k.startswith(owned[1])}
-        self._store[key] = (state, report)
+        self._store[key] = (model.marketplace_state(spec.id), report)
         return report
 
 

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
+from models.config import TrainConfig
 from models.device import autocast, resolve_device
 from models.losses import relevance_loss
 from models.metrics import roc_auc
 from models.pairs import Batch, EncodedPairs, Pairs, batches, encode_pairs
 from models.relevance import NUM_LABELS
-from models.training import FitResult, TrainConfig, fit, seed_everything
+from models.training import FitResult, fit, seed_everything
 
 if TYPE_CHECKING:
     from models.encoders import EncoderRef
@@ -224,13 +225,13 @@ class FullModel:
         return torch.softmax(logits, dim=-1)[:, 1].numpy()
 
     # -------------------------------------------------------------- training
-    def train(self, train: Pairs, valid: Pairs, cfg: TrainConfig, *, desc: str,
+    def train(self, train: Pairs, valid: Pairs, cfg: TrainConfig, *, seed: int, desc: str,
               extra_loss: ExtraLoss | None = None, data: EncodedPairs | None = None) -> FitResult:
         """Fine-tune everything on ``train`` with cross-entropy (+ ``extra_loss(batch, logits)``) via ``fit``.
 
         ``data`` may pass ``train`` already encoded (LwF looks its cached outputs up by row index).
         """
-        seed_everything(cfg.seed)
+        seed_everything(seed)
         data = data if data is not None else self.encode(train)
         params = [p for p in self.net.parameters()]
         for p in params:
@@ -253,7 +254,7 @@ class FullModel:
 
         return fit(
             self.net, params,
-            epoch_batches=lambda epoch: batches(data, cfg.batch_size, pad, shuffle=True, seed=cfg.seed + epoch),
+            epoch_batches=lambda epoch: batches(data, cfg.batch_size, pad, shuffle=True, seed=seed + epoch),
             loss_fn=loss_fn, evaluate=evaluate, cfg=cfg,
             steps_per_epoch=math.ceil(len(data) / cfg.batch_size), desc=desc,
         )

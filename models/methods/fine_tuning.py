@@ -6,7 +6,7 @@
 - ``lwf``: seq-ft + distillation of the previous model's outputs on D_t's inputs.
 - ``replay``: seq-ft with a small buffer of old marketplaces' training pairs (keeps old data).
 
-Parameter counts are those of the unpruned model (see :mod:`models.baselines.full_model`).
+Parameter counts are those of the unpruned model (see :mod:`models.methods.full_model`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from models.baselines.full_model import ExtraLoss, FullModel
-from models.baselines.method import ContinualMethod, MethodConfig, concat_pairs, subsample_pairs
-from models.baselines.regularizers import EWCPenalty, estimate_fisher, lwf_loss
+from models.methods.full_model import ExtraLoss, FullModel
+from models.methods.protocol import (
+    ContinualMethod,
+    MarketplaceSplits,
+    concat_pairs,
+    subsample_pairs,
+)
+from models.methods.regularizers import EWCPenalty, estimate_fisher, lwf_loss
 from models.pairs import EncodedPairs, Pairs
-from models.sequence import MarketplaceSplits
 from models.stages import StageReport
 from models.training import FitResult
 
 if TYPE_CHECKING:
+    from models.config import BaselinesConfig, LearnerConfig
     from models.encoders import EncoderRef
 
 
@@ -42,21 +47,21 @@ def _report(model: FullModel, marketplace: str, result: FitResult, details: dict
 class _FullFineTuning(ContinualMethod):
     """Shared: building a FullModel with the run's configuration and seed."""
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        self.train_cfg = dataclasses.replace(cfg.full, seed=seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
+        self.train_cfg = self.baselines.full
 
     def _new_model(self) -> FullModel:
-        return FullModel(self.encoder, max_length=self.cfg.learner.max_length, device=self.cfg.learner.device,
-                         prune_vocabulary=self.cfg.prune_vocabulary)
+        return FullModel(self.encoder, max_length=self.learner.max_length, device=self.learner.device,
+                         prune_vocabulary=self.baselines.prune_vocabulary)
 
 
 class SingleMarketplace(_FullFineTuning):
     name = "sm"
     description = "a separate fully fine-tuned encoder + head per marketplace, each scoring its own marketplace"
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.models: dict[str, FullModel] = {}
         self.last: str | None = None
 
@@ -64,7 +69,7 @@ class SingleMarketplace(_FullFineTuning):
         model = self._new_model()
         model.cover(data.train, data.valid, data.test)
         model.freeze_vocabulary()  # this model only ever scores its own marketplace
-        result = model.train(data.train, data.valid, self.train_cfg, desc=f"sm[{data.spec.id}]")
+        result = model.train(data.train, data.valid, self.train_cfg, seed=self.seed, desc=f"sm[{data.spec.id}]")
         self.models[data.spec.id] = model
         self.last = data.spec.id
         return [_report(model, data.spec.id, result, {})]
@@ -86,8 +91,8 @@ class SequentialFineTuning(_FullFineTuning):
     name = "seq-ft"
     description = "one encoder + head fully fine-tuned on each marketplace in turn"
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.model: FullModel | None = None
 
     # Hooks for the variations; seq-ft itself adds nothing.
@@ -110,7 +115,7 @@ class SequentialFineTuning(_FullFineTuning):
         self._vocabulary_grew(model.cover(data.train, data.valid, data.test))
         train, details = self._training_pairs(data)
         encoded = model.encode(train)
-        result = model.train(train, data.valid, self.train_cfg, desc=f"{self.name}[{data.spec.id}]",
+        result = model.train(train, data.valid, self.train_cfg, seed=self.seed, desc=f"{self.name}[{data.spec.id}]",
                              extra_loss=self._extra_loss(model, encoded), data=encoded)
         self._learned(model, data)
         return [_report(model, data.spec.id, result, details)]
@@ -132,9 +137,9 @@ class ElasticWeightConsolidation(SequentialFineTuning):
     name = "ewc"
     description = "seq-ft + EWC penalty (diagonal Fisher of previous marketplaces, accumulated)"
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
-        self.penalty = EWCPenalty(cfg.ewc_lambda)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
+        self.penalty = EWCPenalty(self.baselines.ewc_lambda)
 
     def _embedding_name(self, model: FullModel) -> str | None:
         if model.vocabulary is None:
@@ -159,7 +164,7 @@ class ElasticWeightConsolidation(SequentialFineTuning):
 
     def _learned(self, model: FullModel, data: MarketplaceSplits) -> None:
         fisher = estimate_fisher(model.net, model.encode(data.train), self.train_cfg.batch_size,
-                                 model.tokenizer.pad_token_id, self.cfg.ewc_fisher_examples)
+                                 model.tokenizer.pad_token_id, self.baselines.ewc_fisher_examples)
         self.penalty.consolidate(model.named_parameters(), fisher)
 
 
@@ -167,17 +172,17 @@ class LearningWithoutForgetting(SequentialFineTuning):
     name = "lwf"
     description = "seq-ft + KL to the previous model's softened outputs on D_t inputs (Li & Hoiem 2017)"
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.arrivals = 0
 
     def _extra_loss(self, model: FullModel, train: EncodedPairs) -> ExtraLoss | None:
-        if self.arrivals == 0 or self.cfg.lwf_alpha <= 0:
+        if self.arrivals == 0 or self.baselines.lwf_alpha <= 0:
             return None
         # The model has not trained on D_t yet: it is M_{t-1}, frozen in effect, and its outputs on D_t's
         # fixed token sequences are constants, computed once (eval mode: no dropout in the targets).
         previous = model.predict_logits(train, self.train_cfg.eval_batch_size, self.train_cfg.precision)
-        alpha, temperature = self.cfg.lwf_alpha, self.cfg.lwf_temperature
+        alpha, temperature = self.baselines.lwf_alpha, self.baselines.lwf_temperature
 
         def lwf(batch, logits):
             loss = lwf_loss(logits, previous[batch.index].to(logits.device), temperature)
@@ -194,8 +199,8 @@ class Replay(SequentialFineTuning):
     description = "seq-ft with a buffer of old marketplaces' training pairs mixed into training (keeps old data)"
     breaks_no_replay = True
 
-    def __init__(self, encoder: EncoderRef, cfg: MethodConfig, seed: int) -> None:
-        super().__init__(encoder, cfg, seed)
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines: BaselinesConfig | None = None) -> None:
+        super().__init__(encoder, learner, baselines)
         self.buffer: dict[str, Pairs] = {}
 
     def _training_pairs(self, data: MarketplaceSplits) -> tuple[Pairs, dict]:
@@ -206,6 +211,6 @@ class Replay(SequentialFineTuning):
                 {"replayed_examples": replayed, "replayed_from": sorted(self.buffer)})
 
     def _learned(self, model: FullModel, data: MarketplaceSplits) -> None:
-        if self.cfg.replay_per_marketplace > 0:
-            self.buffer[data.spec.id] = subsample_pairs(data.train, self.cfg.replay_per_marketplace,
+        if self.baselines.replay_per_marketplace > 0:
+            self.buffer[data.spec.id] = subsample_pairs(data.train, self.baselines.replay_per_marketplace,
                                                         self.seed + len(self.buffer))

@@ -1,0 +1,176 @@
+"""The one skeleton every registering flow shares: a candidate is trained, judged and registered.
+
+An arrival and a retraining differ only in how the candidate is trained (translate -> adapter -> fusion,
+or re-distil the champion's fusion on fresh data). Everything around that is the same and lives here,
+once: the MLflow parent run with its tags, parameters and input datasets, the teacher's folder and test
+sets from the registry, evaluation on every test set, registration through the gate, and the review
+artifacts (R[t][k] heatmap, attention plot, ROC curves, model card).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from models.config import GateConfig, LearnerConfig
+from tasks import registry, reporting
+from tasks.config import flat
+from tasks.hashing import fingerprint, folder_hash, table_hash
+from tasks.prefect_tasks import evaluate_task, fetch_teacher_task, register_task
+from tasks.records import Evaluation, Registration, StageOutput
+from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def start_tracking(settings: Settings) -> None:
+    """A tracking server chooses its own artifact root (e.g. proxied S3); a local store gets ours."""
+    uri = settings.resolved_tracking_uri
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    registry.setup_tracking(uri, settings.artifact_location or (settings.resolved_artifact_location if local else None))
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """What the candidate is built on: the registry version, its model folder and its stored test sets."""
+
+    version: registry.VersionInfo | None
+    model_dir: str | None
+    tests: dict[str, pd.DataFrame]
+
+    @property
+    def folder_hash(self) -> str:
+        return folder_hash(self.model_dir) if self.model_dir else "none"
+
+
+@dataclass
+class Candidate:
+    """What a flow's training part hands back to the skeleton."""
+
+    stages: list[StageOutput]
+    marketplaces: list[tuple[str, str]]  # (id, language) of the candidate's adapters, oldest first
+    tests: dict[str, pd.DataFrame]  # every test set the candidate is judged on
+    new_marketplace: str | None = None  # None for a retraining
+    new_tests: dict[str, pd.DataFrame] = field(default_factory=dict)  # stored in the registry for the first time
+    data_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A table the run read, logged as an MLflow dataset."""
+
+    table: pd.DataFrame
+    source: str
+    name: str
+    context: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How the parent MLflow run is named, tagged and parametrised."""
+
+    kind: str  # "arrival" or "retrain" (the version's ``kind`` tag)
+    run_name: str
+    label: str  # the candidate's row label in R[t][k]
+    tags: dict[str, str]
+    params: dict[str, Any]
+    inputs: Sequence[Inputs]
+    work_dir: Path
+
+
+def run_candidate(
+    spec: RunSpec,
+    teacher_version: registry.VersionInfo | None,
+    champion: registry.VersionInfo | None,
+    encoder: Any,
+    learner: LearnerConfig,
+    gate: GateConfig,
+    settings: Settings,
+    train: Callable[[str, Teacher], Candidate],
+) -> dict:
+    """Run ``train(parent_run_id, teacher)`` inside the parent run, then evaluate, register and log for review.
+
+    Must run under the registry lock (the caller reads the champion under it). Returns the flow's summary;
+    ``summary["passed"]`` says whether the gate promoted the candidate.
+    """
+    client = mlflow.tracking.MlflowClient()
+    with mlflow.start_run(run_name=spec.run_name) as run:
+        parent = run.info.run_id
+        mlflow.set_tags({"kind": spec.kind, "teacher_version": teacher_version.version if teacher_version else "none",
+                         **spec.tags})
+        mlflow.log_params({**spec.params, "encoder": encoder.name, **flat(learner),
+                           **{f"gate.{k}": v for k, v in flat(gate).items()}})
+        for item in spec.inputs:
+            mlflow.log_input(mlflow.data.from_pandas(item.table, source=item.source, name=item.name),
+                             context=item.context)
+        teacher = Teacher(teacher_version, None, {})
+        if teacher_version is not None:
+            model_dir, tests = fetch_teacher_task(teacher_version, settings.cache_dir / "registry")
+            teacher = Teacher(teacher_version, model_dir, tests)
+        candidate = train(parent, teacher)
+        final = candidate.stages[-1]
+        ekey = fingerprint("evaluate", folder_hash(final.model_dir),
+                           {m: table_hash(t) for m, t in candidate.tests.items()})
+        evaluation = evaluate_task(ekey, final.model_dir, encoder, candidate.tests, candidate.new_marketplace,
+                                   learner.device, parent_run_id=parent)
+        registration = register_task(registry.RegistrationRequest(
+            model_dir=final.model_dir, encoder=encoder, marketplaces=[m for m, _ in candidate.marketplaces],
+            languages=[lang for _, lang in candidate.marketplaces], new_marketplace=candidate.new_marketplace,
+            parent=teacher_version, champion=champion, evaluation=evaluation, new_tests=candidate.new_tests,
+            data_hashes=candidate.data_hashes, gate=gate, work_dir=spec.work_dir / "register" / parent,
+            kind=spec.kind,
+        ), parent_run_id=parent)
+        log_review_artifacts(client, registration, teacher_version, candidate.marketplaces, evaluation,
+                             candidate.stages, encoder.name, spec.label)
+    return {"version": registration.version, "alias": registration.alias, "aucs": evaluation.aucs,
+            "adapter_auc": evaluation.adapter_auc, "adapter_version": registration.adapter_version,
+            "checks": registration.checks, "reasons": registration.reasons, "passed": registration.passed,
+            "run_id": parent}
+
+
+def log_review_artifacts(
+    client: Any,
+    registration: Registration,
+    teacher: registry.VersionInfo | None,
+    marketplaces: list[tuple[str, str]],
+    evaluation: Evaluation,
+    stages: list[StageOutput],
+    encoder_name: str,
+    label: str,
+) -> None:
+    """Into the active (parent) run: per-marketplace metrics, the R[t][k] heatmap, the model card."""
+    mlflow.log_metrics({f"test_auc.{k}": v for k, v in evaluation.aucs.items()})
+    if evaluation.adapter_auc is not None:
+        mlflow.log_metric("adapter_only_auc", evaluation.adapter_auc)
+    ids = [m for m, _ in marketplaces]
+    history = [(v.tags.get("marketplace") or f"v{v.version}", v.aucs) for v in registry.lineage(client, teacher)] \
+        if teacher else []
+    matrix = reporting.auc_matrix([*history, (label, evaluation.aucs)], ids)
+    mlflow.log_figure(reporting.heatmap_figure(matrix), "roc_auc_matrix.png")
+    mlflow.log_table(matrix.reset_index(names="after"), "roc_auc_matrix.json")
+    if evaluation.attention:
+        mlflow.log_figure(reporting.attention_figure(evaluation.attention), "fusion_attention_by_language.png")
+    mlflow.log_figure(reporting.roc_figure(evaluation.labels, evaluation.scores, evaluation.aucs), "roc_curves.png")
+    info = registry.version_info(client, registration.version)
+    card = reporting.model_card(
+        version=registration.version, alias=registration.alias, marketplaces=marketplaces, encoder=encoder_name,
+        matrix=matrix, gate_checks=registration.checks, gate_reasons=registration.reasons,
+        stages=[s.report for s in stages], attention=evaluation.attention, data_hashes=info.data_hashes,
+    )
+    mlflow.log_text(card, "model_card.md")
+    mlflow.set_tags({"relevance_version": registration.version, "alias": registration.alias})
+
+
+def run_stage(stage_task: Any, *args: Any, **kwargs: Any) -> StageOutput:
+    """Run a cached training task; a cached result whose model folder is gone (cache dir cleaned) is recomputed."""
+    output = stage_task(*args, **kwargs)
+    if not Path(output.model_dir, "manifest.json").is_file():
+        log.warning("%s: cached model folder %s is gone; recomputing", stage_task.name, output.model_dir)
+        output = stage_task.with_options(refresh_cache=True)(*args, **kwargs)
+    return output

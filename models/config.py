@@ -1,0 +1,142 @@
+"""The learner's configuration: every setting, its one default, its description and its checks.
+
+This is the only place a learner default is written. Flows take these models as parameters (Prefect renders
+them as forms, one description per field), the CLI reads them from presets, TOML files and ``--set`` overrides
+(``tasks.config``), and the benchmark derives every method's configuration from one of them. Pydantic is
+plain validation, not orchestration or I/O, so the models live beside the code that reads them; loading
+presets from files is ``tasks.config``'s job.
+
+Nested on purpose: ``fusion.epochs`` and ``adapter.epochs`` are different settings with one meaning, so both
+stages share :class:`TrainConfig` and differ only in the defaults :class:`LearnerConfig` gives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OmegaMode = Literal["slice", "renorm"]
+HeadInit = Literal["previous", "random"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+TranslationBackend = Literal["auto", "opus-mt", "ctranslate2", "apertium"]
+
+
+class _Config(BaseModel):
+    """Immutable, strict about unknown keys (a typo such as ``fusion.epoch`` fails instead of being ignored).
+
+    A section given in part (``{"fusion": {"epochs": 2}}``, from a deployment parameter, a TOML file or a test)
+    keeps that section's other defaults (``fusion.learning_rate`` stays 1e-4): the defaults of a section live
+    in its parent's field, and a partial dict would otherwise lose them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            value = merged.get(name)
+            if isinstance(value, dict) and not info.is_required():
+                default = info.get_default(call_default_factory=True)
+                if isinstance(default, BaseModel):
+                    merged[name] = {**default.model_dump(), **value}
+        return merged
+
+
+class TrainConfig(_Config):
+    """One training stage of the one training loop (``models.training.fit``); the paper trains 5 epochs with
+    early stopping."""
+
+    epochs: int = Field(5, ge=1, description="Epochs at most; early stopping may end sooner.")
+    batch_size: int = Field(32, ge=1, description="Training pairs per optimiser step.")
+    learning_rate: float = Field(ge=0, description="Peak AdamW learning rate (linear warm-up, then linear decay).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, le=1, description="Share of the steps spent warming the rate up.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables clipping).")
+    patience: int = Field(2, ge=0, description="Epochs without a better validation ROC-AUC before stopping.")
+    precision: Precision = Field("auto", description="Autocast precision: auto (bf16/fp16 on CUDA, fp32 on CPU).")
+    eval_batch_size: int = Field(64, ge=1, description="Pairs per forward pass when scoring validation data.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Split each batch into micro-batches and accumulate gradients: the same update "
+                                "with less activation memory (none: whole batches).")
+
+
+class DistillConfig(_Config):
+    """Attention distillation of stage 3 (defaults follow the paper, except the head, see ``head_init``)."""
+
+    weight: float = Field(1.0, ge=0, description="λ, the weight of L_AD = KL(Ω_{t-1} ‖ ω_t); 0 disables "
+                                                 "distillation (plain fusion).")
+    omega: OmegaMode = Field("slice", description="ω_t: the raw slice of the student's attention over the old "
+                                                  "adapters (eq. 9) or that slice renormalised over them.")
+    warm_start: bool = Field(False, description="Initialise Ψ_t from Ψ_{t-1} (fusion parameters do not depend on "
+                                                "the number of adapters); the paper starts from random.")
+    head_init: HeadInit = Field("previous", description="The new fusion's classification head: copied from "
+                                                        "M_{t-1}'s head, or random (the paper).")
+    cache_teacher: bool = Field(True, description="Compute the teacher's attention once per example (fp16) and "
+                                                  "reuse it every epoch.")
+    regularization: bool = Field(True, description="AdapterFusion's value-matrix regulariser (added by hand: only "
+                                                   "AdapterTrainer applies it).")
+
+
+class TranslationConfig(_Config):
+    """Stage 1: which share of D_t is translated into every older language, and by what."""
+
+    fraction: float = Field(0.3, ge=0, le=1, description="Stratified share of D_t's pairs translated into each "
+                                                         "older language (0: none, the paper's §4.2 variant).")
+    backend: TranslationBackend = Field("auto", description="auto (local Opus-MT/CTranslate2 models, then "
+                                                            "Apertium; never downloads), opus-mt, ctranslate2 "
+                                                            "or apertium.")
+
+
+class LearnerConfig(_Config):
+    """Everything one arrival needs besides data and the encoder."""
+
+    adapter: TrainConfig = Field(default_factory=lambda: TrainConfig(learning_rate=1e-3),
+                                 description="Stage 2: the new language adapter A_t and its head.")
+    # AdapterFusion keeps every adapter's output and its key/value projections per layer for the backward pass;
+    # micro-batches of 16 keep stage 3's peak memory near stage 2's at the same batch size.
+    fusion: TrainConfig = Field(default_factory=lambda: TrainConfig(learning_rate=1e-4, micro_batch_size=16),
+                                description="Stage 3: the fresh AdapterFusion Ψ_t and its head.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Stage 3's attention distillation.")
+    translation: TranslationConfig = Field(default_factory=TranslationConfig,
+                                           description="Stage 1: translated subsets of D_t.")
+    max_length: int = Field(64, ge=8, description="Tokens per (query, product title) pair.")
+    seed: int = Field(13, ge=0, description="Seeds initialisation, shuffling and the translated subset.")
+    device: Device = Field("auto", description="auto (CUDA when present, with bf16/fp16 autocast), cpu or cuda.")
+
+
+class GateConfig(_Config):
+    """The promotion gate: when a candidate may replace ``relevance@champion``."""
+
+    max_regression: float = Field(0.01, ge=0, description="Largest ROC-AUC drop allowed on any old marketplace "
+                                                          "against the champion.")
+    adapter_margin: float = Field(0.0, description="The fused model must beat the new marketplace's adapter "
+                                                   "alone by more than this.")
+
+
+class BaselinesConfig(_Config):
+    """Hyper-parameters of the benchmark's reference methods; each method reads only its own fields."""
+
+    full: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(learning_rate=2e-5),
+        description="Full fine-tuning (sm, seq-ft, ewc, lwf, replay); 2e-5 is the usual BERT fine-tuning rate "
+                    "(Devlin et al. 2019): higher rates make a 12-layer encoder diverge on small data.")
+    ewc_lambda: float = Field(
+        1000.0, ge=0, description="EWC's λ in λ/2·Σ F_i (θ_i − θ*_i)²; with a Fisher of mean squared mini-batch "
+                                  "gradients (~1e-6..1e-3 per weight) the penalty's gradient matches the task's "
+                                  "for the most important weights: the middle of the 10²..10⁴ range for BERT-size "
+                                  "models.")
+    ewc_fisher_examples: int = Field(2048, ge=1, description="Training pairs used to estimate EWC's Fisher.")
+    lwf_alpha: float = Field(1.0, ge=0, description="LwF's λ_o (Li & Hoiem 2017).")
+    lwf_temperature: float = Field(2.0, gt=0, description="LwF's distillation temperature T.")
+    replay_per_marketplace: int = Field(200, ge=0, description="Pairs kept per old marketplace by replay: a small "
+                                                               "episodic memory, a few per cent of a marketplace.")
+    hat_smax: float = Field(400.0, gt=0, description="HAT's s_max (Serra et al. 2018).")
+    hat_lambda: float = Field(0.75, ge=0, description="HAT's regularisation weight c (Serra et al. 2018).")
+    prune_vocabulary: bool = Field(True, description="Full fine-tuning keeps only the embedding rows of tokens "
+                                                     "that occur in the method's data (exact).")

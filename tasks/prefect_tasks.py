@@ -1,0 +1,160 @@
+"""Thin Prefect task wrappers over :mod:`tasks.steps` and :mod:`tasks.registry`.
+
+The wrappers add what orchestration needs: retries for steps that touch storage, persisted results
+with cache keys derived from data hashes and configuration (a rerun after a crash resumes at the
+failed step and never retrains a finished one), one nested MLflow run per step, and the registry lock
+that serialises arrivals.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import mlflow
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from tasks import registry, reporting, steps
+from tasks.records import Evaluation, Registration, StageOutput
+
+if TYPE_CHECKING:
+    from models.config import LearnerConfig
+    from models.encoders import EncoderRef
+    from models.relevance import MarketplaceSpec
+
+log = logging.getLogger(__name__)
+# Logging a dataset (mlflow.data.from_pandas) warns that the integer label column could not hold missing
+# values; the data contract forbids missing labels, so on every arrival this is noise in the operator's log.
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+
+REGISTRY_LOCK = "mcl-registry"
+T = TypeVar("T")
+
+
+def keyed_cache(task_ctx: Any, parameters: Mapping[str, Any]) -> str:
+    """Cache key = the step's ``key`` argument, which the flow derives from data hashes + configuration."""
+    return f"{task_ctx.task.name}-{parameters['key']}"
+
+
+@contextmanager
+def step_run(name: str, parent_run_id: str | None) -> Iterator[None]:
+    """One nested MLflow run per step, under the arrival's run (explicit parent: steps may run in other threads)."""
+    if parent_run_id is None:
+        yield
+        return
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id):
+        yield
+
+
+@contextmanager
+def registry_lock(name: str = REGISTRY_LOCK, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Serialise arrivals through a Prefect global concurrency limit of 1: the registry never forks.
+
+    The limit is created on first use, so a fresh server needs no set-up; every process talking
+    to the same Prefect server (any machine) queues on it.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        yield
+
+
+def _in_step(name: str, fn: Callable[..., T], parent_run_id: str | None, log_outputs: Callable[[T], None] | None,
+             *args: Any, **kwargs: Any) -> T:
+    with step_run(name, parent_run_id):
+        result = fn(*args, **kwargs)
+        # Each step loads the encoder (hundreds of MB); adapter hooks keep model graphs in reference
+        # cycles, so collect now rather than let two steps' models overlap in a long-lived flow process.
+        gc.collect()
+        if parent_run_id is not None and log_outputs is not None:
+            log_outputs(result)
+    return result
+
+
+def _log_stage(output: StageOutput) -> None:
+    fit = output.report["fit"]
+    mlflow.log_metrics({"best_valid_auc": fit["best_metric"], "epochs_run": fit["epochs_run"],
+                        "trainable_parameters": fit["trainable_parameters"],
+                        "examples_per_second": fit["examples_per_second"],
+                        "trainable_fraction": output.report["trainable_fraction"]})
+    for record in fit["history"]:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+    mlflow.log_dict(output.report, "stage_report.json")
+
+
+@task(name="translate-subset", retries=2, retry_delay_seconds=2, cache_key_fn=keyed_cache, persist_result=True)
+def translate_task(key: str, train: pd.DataFrame, source_language: str, target_languages: list[str], *,
+                   fraction: float, seed: int, backend: str, cache_dir: Path,
+                   parent_run_id: str | None = None) -> dict[str, pd.DataFrame]:
+    def log_sets(sets: dict[str, pd.DataFrame]) -> None:
+        mlflow.log_params({"fraction": fraction, "backend": backend, "targets": ",".join(sorted(sets)) or "none"})
+        for lang, table in sets.items():
+            mlflow.log_metric(f"translated_rows.{lang}", len(table))
+            mlflow.log_input(mlflow.data.from_pandas(table, name=f"translated-{lang}"), context="translated")
+
+    return _in_step("translate-subset", steps.translate_step, parent_run_id, log_sets, train, source_language,
+                    target_languages, fraction=fraction, seed=seed, backend=backend, cache_dir=cache_dir)
+
+
+@task(name="train-new-language-adapter", cache_key_fn=keyed_cache, persist_result=True)
+def adapter_task(key: str, teacher_dir: str | None, encoder: EncoderRef, spec: MarketplaceSpec,
+                 train: pd.DataFrame, valid: pd.DataFrame, cfg: LearnerConfig, work_dir: Path,
+                 parent_run_id: str | None = None) -> StageOutput:
+    return _in_step("train-new-language-adapter", steps.adapter_step, parent_run_id, _log_stage,
+                    teacher_dir, encoder, spec, train, valid, cfg, work_dir)
+
+
+@task(name="attention-distill-fusion", cache_key_fn=keyed_cache, persist_result=True)
+def fusion_task(key: str, adapter_dir: str, encoder: EncoderRef, train: pd.DataFrame, valid: pd.DataFrame,
+                translated: dict[str, pd.DataFrame], cfg: LearnerConfig, work_dir: Path,
+                parent_run_id: str | None = None) -> StageOutput:
+    return _in_step("attention-distill-fusion", steps.fusion_step, parent_run_id, _log_stage,
+                    adapter_dir, encoder, train, valid, translated, cfg, work_dir)
+
+
+@task(name="re-distill-fusion", cache_key_fn=keyed_cache, persist_result=True)
+def redistill_task(key: str, teacher_dir: str, encoder: EncoderRef, train: pd.DataFrame, valid: pd.DataFrame,
+                   cfg: LearnerConfig, work_dir: Path, parent_run_id: str | None = None) -> StageOutput:
+    return _in_step("re-distill-fusion", steps.redistill_step, parent_run_id, _log_stage,
+                    teacher_dir, encoder, train, valid, cfg, work_dir)
+
+
+@task(name="evaluate", cache_key_fn=keyed_cache, persist_result=True)
+def evaluate_task(key: str, model_dir: str, encoder: EncoderRef, tests: dict[str, pd.DataFrame],
+                  new_marketplace: str | None, device: str,
+                  parent_run_id: str | None = None) -> Evaluation:
+    def log_evaluation(ev: Evaluation) -> None:
+        mlflow.log_metrics({f"test_auc.{k}": v for k, v in ev.aucs.items()})
+        if ev.adapter_auc is not None:
+            mlflow.log_metric(f"adapter_only_auc.{new_marketplace}", ev.adapter_auc)
+        reporting.log_evaluation_figures(ev)
+
+    return _in_step("evaluate", steps.evaluate_step, parent_run_id, log_evaluation, model_dir, encoder, tests,
+                    new_marketplace, device)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(request: registry.RegistrationRequest, parent_run_id: str | None = None) -> Registration:
+    """``registry.register(request)``; not cached and not retried: registering twice would create two versions."""
+    with step_run("register", parent_run_id):
+        result = registry.register(request)
+        if parent_run_id is not None:
+            mlflow.log_params({"version": result.version, "alias": result.alias})
+            mlflow.log_text("\n".join(result.checks) or "first version: nothing to compare", "gate.txt")
+    return result
+
+
+@task(name="fetch-teacher", retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The teacher's model folder and its old test sets, from the registry's artifact store (retried: I/O)."""
+    return str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / f"v{info.version}-{info.run_id}")
