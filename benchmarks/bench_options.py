@@ -3,14 +3,11 @@
 Every variant is the learner (``ad``) under another configuration, run through the same protocol as the
 benchmark (``models.methods.run_method``) on the same data, seeds and encoder; the language adapters do not
 depend on these options, so the in-process adapter bank trains each once and every variant reuses it.
-Variants are learner presets or ``--set``-style overrides on top of ``--preset``:
-  - default: L_AD with ω as the raw slice (eq. 9), Ψ_t random, translated subsets
-  - renorm:  ω renormalised over the old adapters
-  - warm:    Ψ_t warm-started from Ψ_{t-1}
-  - random-head: the new fusion's head starts random instead of from M_{t-1}'s head
-  - no-ad:   plain fusion (the ``fusion-no-distill`` preset)
-  - no-translation: the paper's §4.2 variant (the ``ad-no-translation`` preset)
-  - paper:   the ``paper`` preset
+Variants are learner presets or ``--set``-style overrides on top of ``--preset`` (``VARIANTS`` below): ω as
+the raw slice, renormalised, or per batch source; L_AD summed or averaged over layers; λ; Ψ_t warm-started;
+the fusion head random; distinct initialisation seeds per adapter/fusion; adapter capacity; learning rates
+and epochs; early stopping on every kept validation set; plain fusion; the §4.2 variant; the paper's recipe.
+Each variant reports validation ROC-AUC too, which is what a default is chosen on.
 "No forgetting" is read off the matrix: R[T][k] against R[k][k], the score right after k was learned.
 
     python benchmarks/bench_options.py --variants default,renorm,warm --pairs 400 --out bench-options.json
@@ -43,8 +40,20 @@ from tasks.settings import get_settings  # noqa: E402
 VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "default": (None, []),
     "renorm": (None, ["distill.omega=renorm"]),
+    "per-source": (None, ["distill.omega=per-source"]),
+    "per-source-no-translation": ("ad-no-translation", ["distill.omega=per-source"]),
+    "layer-mean": (None, ["distill.layer_reduction=mean"]),
+    "lambda-0.3": (None, ["distill.weight=0.3"]),
+    "lambda-3": (None, ["distill.weight=3"]),
     "warm": (None, ["distill.warm_start=true"]),
     "random-head": (None, ["distill.head_init=random"]),
+    "seed-per-marketplace": (None, ["seed_per_marketplace=true"]),
+    "reduction-8": (None, ["reduction_factor=8"]),
+    "reduction-4": (None, ["reduction_factor=4"]),
+    "adapter-lr-3e-4": (None, ["adapter.learning_rate=3e-4"]),
+    "fusion-lr-3e-4": (None, ["fusion.learning_rate=3e-4"]),
+    "fusion-epochs-4": (None, ["fusion.epochs=4"]),
+    "stop-on-kept": (None, ["early_stopping=kept"]),
     "no-ad": ("fusion-no-distill", []),
     "no-translation": ("ad-no-translation", []),
     "paper": ("paper", []),
@@ -90,20 +99,21 @@ def main(args: Args) -> dict:
         r = np.asarray(result.metrics.matrix)
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
         m = result.metrics
-        results[name] = {**m.as_dict(), "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
+        results[name] = {**m.as_dict(), "valid_average": result.valid_metrics.average, "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
                          "translated_rows": rows, "drift_from_learned": drift, "learner": learner.model_dump()}
         print(f"\n== {name} ({results[name]['seconds']:.0f}s)")
         for t, row in enumerate(r):
             print(f"  after {ids[t]:4s} " + "  ".join("  -   " if np.isnan(v) else f"{v:.4f}" for v in row))
-        print(f"  average {m.average:.4f}  BWT {m.bwt:+.4f}  forgetting {m.forgetting:.4f}  "
+        print(f"  average {m.average:.4f} (validation {result.valid_metrics.average:.4f})  BWT {m.bwt:+.4f}  forgetting {m.forgetting:.4f}  "
               f"old marketplaces vs right after learned: " + ", ".join(f"{ids[k]} {d:+.4f}" for k, d in enumerate(drift)),
               flush=True)
-    print("\n| variant | " + " | ".join(f"final {k}" for k in ids) + " | average | BWT | forgetting | time s |")
-    print("|---|" + "---|" * (len(ids) + 4))
+    print("\n| variant | " + " | ".join(f"final {k}" for k in ids) + " | average | valid average | BWT | forgetting "
+          "| time s |")
+    print("|---|" + "---|" * (len(ids) + 5))
     for name, res in results.items():
         last = res["matrix"][-1]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in last)
-              + f" | {res['average']:.4f} | {res['bwt']:+.4f} | {res['forgetting']:.4f} | {res['seconds']:.0f} |")
+              + f" | {res['average']:.4f} | {res['valid_average']:.4f} | {res['bwt']:+.4f} | {res['forgetting']:.4f} | {res['seconds']:.0f} |")
     summary = {"args": asdict(args), "variants": results}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -22,6 +22,7 @@ from tasks.config import entry_learner
 from tasks.hashing import fingerprint, table_hash
 from tasks.prefect_tasks import adapter_task, fusion_task, registry_lock, translate_task
 from tasks.settings import get_settings
+from tasks.steps import translation_routes
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,27 @@ def marketplace_arrival(
                                     backend=tr.backend, cache_dir=settings.cache_dir / "translations",
                                     parent_run_id=parent)
         akey = fingerprint("adapter", str(settings.cache_dir), teacher.folder_hash, ref.checksum, spec,
-                           hashes["train"], hashes["valid"], learner.adapter, learner.max_length, learner.seed)
+                           hashes["train"], hashes["valid"], learner.adapter, learner.max_length, learner.seed,
+                           learner.seed_per_marketplace, learner.reduction_factor)
         stages = [candidate.run_stage(adapter_task, akey, teacher.model_dir, ref, spec, data.train, data.valid, learner,
                             work / akey[:20], parent_run_id=parent)]
         if version is not None:
+            kept_valid = {m: t for m, t in teacher.valids.items() if m != marketplace}
             fkey = fingerprint("fusion", akey, {k: table_hash(v) for k, v in translated.items()}, learner.fusion,
-                               learner.distill)
-            stages.append(candidate.run_stage(fusion_task, fkey, stages[0].model_dir, ref, data.train, data.valid, translated,
-                                    learner, work / fkey[:20], parent_run_id=parent))
+                               learner.distill, learner.early_stopping, learner.seed_per_marketplace,
+                               {m: table_hash(t) for m, t in kept_valid.items()}
+                               if learner.early_stopping == "kept" else {})
+            stages.append(candidate.run_stage(fusion_task, fkey, stages[0].model_dir, ref, data.train, data.valid,
+                                              translated, learner, work / fkey[:20], kept_valid,
+                                              parent_run_id=parent))
         kept = [(m, lang) for m, lang in old if m != marketplace]
         return Candidate(
             stages=stages, marketplaces=[*kept, (marketplace, language)],
             tests={**{m: t for m, t in teacher.tests.items() if m != marketplace}, marketplace: data.test},
-            new_marketplace=marketplace, new_tests={marketplace: data.test}, data_hashes={marketplace: hashes},
+            valids={**{m: t for m, t in teacher.valids.items() if m != marketplace}, marketplace: data.valid},
+            new_marketplace=marketplace, new_tests={marketplace: data.test}, new_valids={marketplace: data.valid},
+            data_hashes={marketplace: hashes},
+            translation_routes=translation_routes(translated, old_languages),
         )
 
     run = candidate.RunSpec(

@@ -43,6 +43,7 @@ class Teacher:
     version: registry.VersionInfo | None
     model_dir: str | None
     tests: dict[str, pd.DataFrame]
+    valids: dict[str, pd.DataFrame]
 
     @property
     def folder_hash(self) -> str:
@@ -55,10 +56,13 @@ class Candidate:
 
     stages: list[StageOutput]
     marketplaces: list[tuple[str, str]]  # (id, language) of the candidate's adapters, oldest first
-    tests: dict[str, pd.DataFrame]  # every test set the candidate is judged on
+    tests: dict[str, pd.DataFrame]  # every test set the candidate is scored on (reported)
+    valids: dict[str, pd.DataFrame]  # every validation set the gate judges it on
     new_marketplace: str | None = None  # None for a retraining
     new_tests: dict[str, pd.DataFrame] = field(default_factory=dict)  # stored in the registry for the first time
+    new_valids: dict[str, pd.DataFrame] = field(default_factory=dict)
     data_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    translation_routes: dict[str, str] = field(default_factory=dict)  # older language -> route, or "none (§4.2)"
 
 
 @dataclass(frozen=True)
@@ -109,25 +113,27 @@ def run_candidate(
         for item in spec.inputs:
             mlflow.log_input(mlflow.data.from_pandas(item.table, source=item.source, name=item.name),
                              context=item.context)
-        teacher = Teacher(teacher_version, None, {})
+        teacher = Teacher(teacher_version, None, {}, {})
         if teacher_version is not None:
-            model_dir, tests = fetch_teacher_task(teacher_version, settings.cache_dir / "registry")
-            teacher = Teacher(teacher_version, model_dir, tests)
+            teacher = Teacher(teacher_version, *fetch_teacher_task(teacher_version, settings.cache_dir / "registry"))
         candidate = train(parent, teacher)
         final = candidate.stages[-1]
         ekey = fingerprint("evaluate", folder_hash(final.model_dir),
-                           {m: table_hash(t) for m, t in candidate.tests.items()})
-        evaluation = evaluate_task(ekey, final.model_dir, encoder, candidate.tests, candidate.new_marketplace,
-                                   learner.device, parent_run_id=parent)
+                           {m: table_hash(t) for m, t in candidate.tests.items()},
+                           {m: table_hash(t) for m, t in candidate.valids.items()})
+        evaluation = evaluate_task(ekey, final.model_dir, encoder, candidate.tests, candidate.valids,
+                                   candidate.new_marketplace, learner.device, parent_run_id=parent)
         registration = register_task(registry.RegistrationRequest(
             model_dir=final.model_dir, encoder=encoder, marketplaces=[m for m, _ in candidate.marketplaces],
             languages=[lang for _, lang in candidate.marketplaces], new_marketplace=candidate.new_marketplace,
             parent=teacher_version, champion=champion, evaluation=evaluation, new_tests=candidate.new_tests,
+            new_valids=candidate.new_valids,
             data_hashes=candidate.data_hashes, gate=gate, work_dir=spec.work_dir / "register" / parent,
             kind=spec.kind,
         ), parent_run_id=parent)
-        log_review_artifacts(client, registration, teacher_version, candidate.marketplaces, evaluation,
-                             candidate.stages, encoder.name, spec.label)
+        if candidate.translation_routes:
+            mlflow.log_params({f"translation_route.{k}": v for k, v in candidate.translation_routes.items()})
+        log_review_artifacts(client, registration, teacher_version, candidate, evaluation, encoder.name, spec.label)
     return {"version": registration.version, "alias": registration.alias, "aucs": evaluation.aucs,
             "adapter_auc": evaluation.adapter_auc, "adapter_version": registration.adapter_version,
             "checks": registration.checks, "reasons": registration.reasons, "passed": registration.passed,
@@ -138,14 +144,15 @@ def log_review_artifacts(
     client: Any,
     registration: Registration,
     teacher: registry.VersionInfo | None,
-    marketplaces: list[tuple[str, str]],
+    candidate: Candidate,
     evaluation: Evaluation,
-    stages: list[StageOutput],
     encoder_name: str,
     label: str,
 ) -> None:
     """Into the active (parent) run: per-marketplace metrics, the R[t][k] heatmap, the model card."""
+    marketplaces = candidate.marketplaces
     mlflow.log_metrics({f"test_auc.{k}": v for k, v in evaluation.aucs.items()})
+    mlflow.log_metrics({f"valid_auc.{k}": v for k, v in evaluation.valid_aucs.items()})
     if evaluation.adapter_auc is not None:
         mlflow.log_metric("adapter_only_auc", evaluation.adapter_auc)
     ids = [m for m, _ in marketplaces]
@@ -161,7 +168,8 @@ def log_review_artifacts(
     card = reporting.model_card(
         version=registration.version, alias=registration.alias, marketplaces=marketplaces, encoder=encoder_name,
         matrix=matrix, gate_checks=registration.checks, gate_reasons=registration.reasons,
-        stages=[s.report for s in stages], attention=evaluation.attention, data_hashes=info.data_hashes,
+        stages=[s.report for s in candidate.stages], attention=evaluation.attention, data_hashes=info.data_hashes,
+        translation_routes=candidate.translation_routes,
     )
     mlflow.log_text(card, "model_card.md")
     mlflow.set_tags({"relevance_version": registration.version, "alias": registration.alias})

@@ -84,7 +84,7 @@ def scheduled_retraining(
                           parent_run_id=parent)
         return Candidate(
             stages=[stage], marketplaces=list(zip(version.marketplaces, version.languages, strict=True)),
-            tests=teacher.tests,
+            tests=teacher.tests, valids=teacher.valids,
             data_hashes={m: {**version.data_hashes.get(m, {}), **{f"retrain_{k}": v for k, v in h.items()}}
                          for m, h in hashes.items()},
         )

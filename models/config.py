@@ -17,6 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OmegaMode = Literal["slice", "renorm"]
+OmegaChoice = Literal["slice", "renorm", "per-source"]
+LayerReduction = Literal["sum", "mean"]
+EarlyStopping = Literal["new", "kept"]
 HeadInit = Literal["previous", "random"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -71,8 +74,14 @@ class DistillConfig(_Config):
 
     weight: float = Field(1.0, ge=0, description="λ, the weight of L_AD = KL(Ω_{t-1} ‖ ω_t); 0 disables "
                                                  "distillation (plain fusion).")
-    omega: OmegaMode = Field("slice", description="ω_t: the raw slice of the student's attention over the old "
-                                                  "adapters (eq. 9) or that slice renormalised over them.")
+    omega: OmegaChoice = Field("slice", description="ω_t: the raw slice of the student's attention over the old "
+                                                    "adapters (eq. 9), that slice renormalised over them, or per "
+                                                    "batch source: the slice on translated T_k batches and the "
+                                                    "renormalised slice on D_t batches (so the new adapter's share "
+                                                    "on its own language is trained by cross-entropy alone).")
+    layer_reduction: LayerReduction = Field("sum", description="L_AD over the fusion layers: their sum (eq. 9; at "
+                                                               "t = 2 it starts near 12·ln 2 against a CE of 0.69) "
+                                                               "or their mean.")
     warm_start: bool = Field(False, description="Initialise Ψ_t from Ψ_{t-1} (fusion parameters do not depend on "
                                                 "the number of adapters); the paper starts from random.")
     head_init: HeadInit = Field("previous", description="The new fusion's classification head: copied from "
@@ -105,8 +114,17 @@ class LearnerConfig(_Config):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Stage 3's attention distillation.")
     translation: TranslationConfig = Field(default_factory=TranslationConfig,
                                            description="Stage 1: translated subsets of D_t.")
+    early_stopping: EarlyStopping = Field("new", description="Stage 3 keeps the epoch with the best validation "
+                                                             "ROC-AUC of the new marketplace, or of the mean over it "
+                                                             "and every kept old validation set (kept like test "
+                                                             "sets, never trained on).")
+    reduction_factor: int = Field(16, ge=1, description="Pfeiffer adapter bottleneck: hidden size / reduction "
+                                                        "factor units (16 in the paper; 8 and 4 add capacity).")
     max_length: int = Field(64, ge=8, description="Tokens per (query, product title) pair.")
     seed: int = Field(13, ge=0, description="Seeds initialisation, shuffling and the translated subset.")
+    seed_per_marketplace: bool = Field(False, description="Offset the initialisation seed by the adapter's or "
+                                                          "fusion's name, so A_1..A_t and Ψ_2..Ψ_t do not all start "
+                                                          "from the same random weights.")
     device: Device = Field("auto", description="auto (CUDA when present, with bf16/fp16 autocast), cpu or cuda.")
 
 

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from adapters.methods.bottleneck import BottleneckLayer
 from adapters.methods.modeling import BertFusion
 from torch import nn
+
+from models.pairs import Pairs, batches, encode_pairs
+
+if TYPE_CHECKING:
+    from models.relevance import RelevanceModel
 
 
 def fusion_modules(model: nn.Module, fusion_name: str) -> list[BertFusion]:
@@ -61,3 +67,31 @@ class FusionAttentionRecorder:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@torch.no_grad()
+def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Mean fusion attention each adapter receives on each marketplace's text (over layers and real tokens).
+
+    The question a reviewer asks of a fused model: does Spanish text lean on the Spanish adapter?
+    """
+    if model.fusion is None:
+        return {}
+    recorder = FusionAttentionRecorder(model.net, model.fusion)
+    head = model.activate(None)
+    model.net.eval()
+    profile = {}
+    for mid, pairs in tests.items():
+        total = torch.zeros(len(model.adapter_names), dtype=torch.float64)
+        count = 0.0
+        data = encode_pairs(pairs, model.tokenizer, model.max_length)
+        for batch in batches(data, batch_size, model.tokenizer.pad_token_id, shuffle=False):
+            batch = batch.to(model.device)
+            with recorder.record() as scores:
+                model.logits(batch, head)
+            mask = batch.attention_mask.unsqueeze(-1).double()
+            for layer in scores:
+                total += (layer.double() * mask).sum(dim=(0, 1)).cpu()
+                count += float(mask.sum())
+        profile[mid] = {name: float(v) for name, v in zip(model.adapter_names, total / max(count, 1.0), strict=True)}
+    return profile

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.config import OmegaMode
+from models.config import LayerReduction, OmegaMode
 
 
 def attention_distillation_loss(
@@ -15,6 +15,7 @@ def attention_distillation_loss(
     student: Sequence[torch.Tensor],
     attention_mask: torch.Tensor,
     omega: OmegaMode,
+    reduction: LayerReduction,
     eps: float = 1e-8,
 ) -> torch.Tensor:
     """L_AD = sum over fusion layers of the token-mean KL(Ω_{t-1} || ω_t).
@@ -44,7 +45,7 @@ def attention_distillation_loss(
             restricted = restricted / restricted.sum(-1, keepdim=True).clamp_min(eps)
         kl = (torch.special.xlogy(target, target) - target * torch.log(restricted.clamp_min(eps))).sum(-1)
         total = total + (kl * mask).sum() / denom
-    return total
+    return total / len(teacher) if reduction == "mean" else total
 
 
 def relevance_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

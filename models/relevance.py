@@ -137,11 +137,13 @@ class RelevanceModel:
         known = ", ".join(self.adapter_names) or "none"
         raise ModelFormatError(f"unknown marketplace {marketplace_id!r}: this model knows {known}")
 
-    def add_marketplace(self, spec: MarketplaceSpec) -> None:
-        """A new Pfeiffer adapter and its classification head, both untrained."""
+    def add_marketplace(self, spec: MarketplaceSpec, reduction_factor: int | None = None) -> None:
+        """A new Pfeiffer adapter (hidden size / ``reduction_factor`` bottleneck units; None: the library's own
+        Pfeiffer default) and its head, both untrained."""
         if spec.id in self.adapter_names:
             raise ModelFormatError(f"marketplace {spec.id!r} already has an adapter in this model")
-        self.net.add_adapter(spec.id, config=SeqBnConfig())
+        size = {} if reduction_factor is None else {"reduction_factor": reduction_factor}
+        self.net.add_adapter(spec.id, config=SeqBnConfig(**size))
         self.net.add_classification_head(spec.id, num_labels=NUM_LABELS)
         self.net.to(self.device)
         self.marketplaces.append(spec)

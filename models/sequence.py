@@ -13,13 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from models.fusion_attention import FusionAttentionRecorder
+from models.fusion_attention import fusion_attention_profile
 from models.methods.adapter_fusion import AttentionDistillation
 from models.methods.protocol import MarketplaceSplits, TranslatedFor, run_protocol
 from models.metrics import ContinualMetrics, roc_auc
-from models.pairs import Pairs, batches, encode_pairs
+from models.pairs import Pairs
 from models.relevance import RelevanceModel
 from models.stages import StageReport
 
@@ -33,34 +31,6 @@ log = logging.getLogger(__name__)
 def evaluate_marketplaces(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, float]:
     """ROC-AUC of the model's current setup on each marketplace's test set."""
     return {mid: roc_auc(p.labels, model.predict_proba(p, batch_size=batch_size)) for mid, p in tests.items()}
-
-
-@torch.no_grad()
-def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Mean fusion attention each adapter receives on each marketplace's text (over layers and real tokens).
-
-    The question a reviewer asks of a fused model: does Spanish text lean on the Spanish adapter?
-    """
-    if model.fusion is None:
-        return {}
-    recorder = FusionAttentionRecorder(model.net, model.fusion)
-    head = model.activate(None)
-    model.net.eval()
-    profile = {}
-    for mid, pairs in tests.items():
-        total = torch.zeros(len(model.adapter_names), dtype=torch.float64)
-        count = 0.0
-        data = encode_pairs(pairs, model.tokenizer, model.max_length)
-        for batch in batches(data, batch_size, model.tokenizer.pad_token_id, shuffle=False):
-            batch = batch.to(model.device)
-            with recorder.record() as scores:
-                model.logits(batch, head)
-            mask = batch.attention_mask.unsqueeze(-1).double()
-            for layer in scores:
-                total += (layer.double() * mask).sum(dim=(0, 1)).cpu()
-                count += float(mask.sum())
-        profile[mid] = {name: float(v) for name, v in zip(model.adapter_names, total / max(count, 1.0), strict=True)}
-    return profile
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from models.fusion_attention import FusionAttentionRecorder, fusion_modules
 from models.losses import attention_distillation_loss, relevance_loss
 from models.metrics import roc_auc
 from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches, encode_pairs
-from models.relevance import MarketplaceSpec, RelevanceModel
+from models.relevance import MarketplaceSpec, RelevanceModel, fusion_name
 from models.teacher import TeacherAttention
 from models.training import FitResult, fit, seed_everything
 
@@ -46,12 +47,21 @@ class StageReport:
         return {**asdict(self), "trainable_fraction": self.trainable_fraction}
 
 
+def init_seed(learner: LearnerConfig, name: str) -> int:
+    """The seed a new adapter or fusion ``name`` is initialised from (see ``seed_per_marketplace``)."""
+    return learner.seed + (zlib.crc32(name.encode()) % 100_003 if learner.seed_per_marketplace else 0)
+
+
 def _steps(split: EncodedPairs, batch_size: int) -> int:
     return math.ceil(len(split) / batch_size)
 
 
-def _validation(model: RelevanceModel, valid: Pairs, setup: str, batch_size: int):
-    return lambda: roc_auc(valid.labels, model.predict_proba(valid, setup=setup, batch_size=batch_size))
+def _validation(model: RelevanceModel, valid: Pairs, setup: str, batch_size: int,
+                kept: Mapping[str, Pairs] | None = None):
+    """The metric early stopping maximises: ROC-AUC on ``valid``, or its mean with every ``kept`` set."""
+    sets = [valid, *(kept or {}).values()]
+    return lambda: float(np.mean([roc_auc(s.labels, model.predict_proba(s, setup=setup, batch_size=batch_size))
+                                  for s in sets]))
 
 
 def train_language_adapter(
@@ -65,8 +75,8 @@ def train_language_adapter(
 ) -> StageReport:
     """Add A_t (+ head) for ``spec`` and train only those on D_t; old adapters are neither used nor changed."""
     cfg, seed = learner.adapter, learner.seed
-    seed_everything(seed)
-    model.add_marketplace(spec)
+    seed_everything(init_seed(learner, spec.id))
+    model.add_marketplace(spec, learner.reduction_factor)
     head = model.activate(spec.id)
     params = model.parameters_of(adapters_=[spec.id], heads=[spec.id])
     model.set_trainable(params)
@@ -107,8 +117,16 @@ def distillation_loss(
 
     D_t batches: cross-entropy (+ λ·L_AD when ``distill_task``, the no-translation variant);
     translated batches: λ·L_AD only, since their labels belong to D_t's text, not to what the
-    old marketplaces taught; every batch: the fusion value regulariser.
+    old marketplaces taught; every batch: the fusion value regulariser. With ``omega="per-source"``
+    ω is the raw slice on translated batches and renormalised on D_t batches; a renormalised ω over a
+    single old adapter is 1 whatever the student does, so that term is left out rather than computed
+    as an exact zero whose rounding noise Adam would amplify.
     """
+
+    def omega_for(batch: Batch) -> str:
+        if distill.omega != "per-source":
+            return distill.omega
+        return "renorm" if batch.source == TASK_SOURCE else "slice"
 
     def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with recorder.record() as student_scores:
@@ -119,9 +137,11 @@ def distillation_loss(
             ce = relevance_loss(logits, batch.labels)
             total = total + ce
             parts["ce"] = float(ce.detach())
-        if distill.weight > 0 and (batch.source != TASK_SOURCE or distill_task):
+        omega = omega_for(batch)
+        constant = omega == "renorm" and teacher.num_old == 1
+        if distill.weight > 0 and (batch.source != TASK_SOURCE or distill_task) and not constant:
             ad = attention_distillation_loss(teacher.for_batch(batch), student_scores, batch.attention_mask,
-                                             distill.omega)
+                                             omega, distill.layer_reduction)
             total = total + distill.weight * ad
             parts["ad"] = float(ad.detach())
         if distill.regularization:
@@ -141,13 +161,15 @@ def distill_fusion(
     translated: Sequence[Pairs],
     learner: LearnerConfig,
     *,
+    kept_valid: Mapping[str, Pairs] | None = None,
     checkpoint: Path | None = None,
 ) -> StageReport:
     """Train a fresh fusion Ψ_t over every adapter (old first), distilling Ψ_{t-1}'s attention.
 
     ``translated`` holds T_1..T_{t-1}: D_t pairs in the old languages, each ``Pairs`` with its own
     ``source`` name. The model must already hold the new adapter (stage 2). Afterwards the model's
-    fusion is Ψ_t and Ψ_{t-1} is gone.
+    fusion is Ψ_t and Ψ_{t-1} is gone. ``kept_valid`` holds the old marketplaces' validation sets, which early
+    stopping averages in when ``learner.early_stopping == "kept"``.
     """
     cfg, distill = learner.fusion, learner.distill
     names = model.adapter_names
@@ -156,7 +178,7 @@ def distill_fusion(
     sources = [p.source for p in translated]
     if TASK_SOURCE in sources or len(set(sources)) != len(sources):
         raise ValueError(f"translated sets need distinct sources other than {TASK_SOURCE!r}, got {sources}")
-    seed_everything(learner.seed)
+    seed_everything(init_seed(learner, fusion_name(names)))
     teacher_fusion = model.fusion
     previous_head = teacher_fusion or names[0]  # M_{t-1}'s head: its fusion's, or the first adapter's at t = 2
     student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None,
@@ -166,7 +188,8 @@ def distill_fusion(
     extra = [encode_pairs(p, model.tokenizer, model.max_length) for p in translated]
     if distill.cache_teacher and distill.weight > 0:
         teacher.build_cache(extra or [task], cfg.eval_batch_size)
-    result = _train_fusion(model, student, teacher, task, extra, valid, learner, checkpoint)
+    kept = kept_valid if learner.early_stopping == "kept" else None
+    result = _train_fusion(model, student, teacher, task, extra, valid, learner, checkpoint, kept)
     if teacher_fusion is not None:
         model.remove_fusion(teacher_fusion)
     model.fusion = student
@@ -228,6 +251,7 @@ def _train_fusion(
     valid: Pairs,
     learner: LearnerConfig,
     checkpoint: Path | None,
+    kept_valid: Mapping[str, Pairs] | None = None,
 ) -> FitResult:
     """Stage 3's training, shared by an arrival and a retraining: only the student fusion and its head learn."""
     cfg, distill = learner.fusion, learner.distill
@@ -243,7 +267,7 @@ def _train_fusion(
         model.net, params,
         epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, learner.seed + epoch),
         loss_fn=loss_fn,
-        evaluate=_validation(model, valid, student, cfg.eval_batch_size),
+        evaluate=_validation(model, valid, student, cfg.eval_batch_size, kept_valid),
         cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,
     )
     model.set_trainable([])

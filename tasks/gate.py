@@ -22,13 +22,16 @@ def promotion_decision(
     new_marketplace: str | None,
     adapter_auc: float | None,
     gate: GateConfig,
+    measured_on: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """Promote only if no old marketplace drops more than ``gate.max_regression`` below the champion and the
     new marketplace's fused score beats its adapter-only score by more than ``gate.adapter_margin``.
 
     ``adapter_auc`` is None when the candidate has no fusion (first arrival): then the model *is*
-    the adapter and there is nothing to beat.
+    the adapter and there is nothing to beat. ``measured_on`` names the split each marketplace's scores come
+    from (default: validation), so every check line says what it compared.
     """
+    on = dict(measured_on or {})
     max_regression, adapter_margin = gate.max_regression, gate.adapter_margin
     reasons, checks = [], []
     for mid, before in champion.items():
@@ -38,13 +41,15 @@ def promotion_decision(
         if after is None:
             reasons.append(f"{mid}: not evaluated")
             continue
-        line = f"{mid}: ROC-AUC {after:.4f} vs champion {before:.4f} (drop {before - after:+.4f}, max {max_regression})"
+        line = (f"{mid}: {on.get(mid, 'validation')} ROC-AUC {after:.4f} vs champion {before:.4f} "
+                f"(drop {before - after:+.4f}, max {max_regression})")
         checks.append(line)
         if before - after > max_regression + 1e-9:  # a drop of exactly max_regression is allowed
             reasons.append(line)
     if new_marketplace is not None and adapter_auc is not None:
         fused = candidate[new_marketplace]
-        line = (f"{new_marketplace}: fused ROC-AUC {fused:.4f} vs adapter-only {adapter_auc:.4f} "
+        line = (f"{new_marketplace}: {on.get(new_marketplace, 'validation')} ROC-AUC fused {fused:.4f} vs "
+                f"adapter-only {adapter_auc:.4f} "
                 f"(must exceed it by more than {adapter_margin})")
         checks.append(line)
         if not fused > adapter_auc + adapter_margin:

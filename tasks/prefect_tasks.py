@@ -97,7 +97,9 @@ def translate_task(key: str, train: pd.DataFrame, source_language: str, target_l
                    fraction: float, seed: int, backend: str, cache_dir: Path,
                    parent_run_id: str | None = None) -> dict[str, pd.DataFrame]:
     def log_sets(sets: dict[str, pd.DataFrame]) -> None:
-        mlflow.log_params({"fraction": fraction, "backend": backend, "targets": ",".join(sorted(sets)) or "none"})
+        mlflow.log_params({"fraction": fraction, "backend": backend, "targets": ",".join(sorted(sets)) or "none",
+                           **{f"route.{lang}": route for lang, route in
+                              steps.translation_routes(sets, target_languages).items()}})
         for lang, table in sets.items():
             mlflow.log_metric(f"translated_rows.{lang}", len(table))
             mlflow.log_input(mlflow.data.from_pandas(table, name=f"translated-{lang}"), context="translated")
@@ -117,9 +119,9 @@ def adapter_task(key: str, teacher_dir: str | None, encoder: EncoderRef, spec: M
 @task(name="attention-distill-fusion", cache_key_fn=keyed_cache, persist_result=True)
 def fusion_task(key: str, adapter_dir: str, encoder: EncoderRef, train: pd.DataFrame, valid: pd.DataFrame,
                 translated: dict[str, pd.DataFrame], cfg: LearnerConfig, work_dir: Path,
-                parent_run_id: str | None = None) -> StageOutput:
+                kept_valid: dict[str, pd.DataFrame] | None = None, parent_run_id: str | None = None) -> StageOutput:
     return _in_step("attention-distill-fusion", steps.fusion_step, parent_run_id, _log_stage,
-                    adapter_dir, encoder, train, valid, translated, cfg, work_dir)
+                    adapter_dir, encoder, train, valid, translated, cfg, work_dir, kept_valid)
 
 
 @task(name="re-distill-fusion", cache_key_fn=keyed_cache, persist_result=True)
@@ -131,16 +133,17 @@ def redistill_task(key: str, teacher_dir: str, encoder: EncoderRef, train: pd.Da
 
 @task(name="evaluate", cache_key_fn=keyed_cache, persist_result=True)
 def evaluate_task(key: str, model_dir: str, encoder: EncoderRef, tests: dict[str, pd.DataFrame],
-                  new_marketplace: str | None, device: str,
+                  valids: dict[str, pd.DataFrame], new_marketplace: str | None, device: str,
                   parent_run_id: str | None = None) -> Evaluation:
     def log_evaluation(ev: Evaluation) -> None:
         mlflow.log_metrics({f"test_auc.{k}": v for k, v in ev.aucs.items()})
+        mlflow.log_metrics({f"valid_auc.{k}": v for k, v in ev.valid_aucs.items()})
         if ev.adapter_auc is not None:
             mlflow.log_metric(f"adapter_only_auc.{new_marketplace}", ev.adapter_auc)
         reporting.log_evaluation_figures(ev)
 
     return _in_step("evaluate", steps.evaluate_step, parent_run_id, log_evaluation, model_dir, encoder, tests,
-                    new_marketplace, device)
+                    valids, new_marketplace, device)
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -155,6 +158,9 @@ def register_task(request: registry.RegistrationRequest, parent_run_id: str | No
 
 
 @task(name="fetch-teacher", retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFrame]]:
-    """The teacher's model folder and its old test sets, from the registry's artifact store (retried: I/O)."""
-    return str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / f"v{info.version}-{info.run_id}")
+def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """The teacher's model folder and its kept test and validation sets, from the registry's artifact store
+    (retried: I/O)."""
+    kept = f"v{info.version}-{info.run_id}"
+    return (str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / kept),
+            registry.read_valid_sets(info, dest / "valid_sets" / kept))

@@ -15,14 +15,17 @@ class StageOutput:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Test ROC-AUC of the candidate per marketplace, the new marketplace's adapter-only score,
-    the fusion attention profile and the raw scores (for ROC curves)."""
+    """The candidate's ROC-AUC per marketplace on validation (what the gate decides on) and test (reported,
+    never used to choose), the new marketplace's adapter-only scores, the fusion attention profile and the raw
+    test scores (for ROC curves)."""
 
     aucs: dict[str, float]
     adapter_auc: float | None
     attention: dict[str, dict[str, float]]
     labels: dict[str, list[int]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
+    valid_aucs: dict[str, float] = field(default_factory=dict)
+    adapter_valid_auc: float | None = None
 
 
 @dataclass(frozen=True)

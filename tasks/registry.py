@@ -3,7 +3,8 @@
 Everything an arrival needs to continue the sequence lives on model-version tags, so any version
 can be inspected, re-evaluated or used as a teacher without local state:
 ``marketplace_order``/``languages`` (the adapters, oldest first), ``data_hashes`` (train/valid/test
-content hashes per marketplace), ``auc.<id>`` (test ROC-AUC per marketplace), ``test_set.<id>``
+content hashes per marketplace), ``auc.<id>`` (test ROC-AUC per marketplace, reported) and ``valid_auc.<id>``
+(validation ROC-AUC, what the gate decides on), ``test_set.<id>`` and ``valid_set.<id>``
 (artifact URI of each marketplace's test table, carried forward from the version that first
 stored it), ``parent_version`` and the gate's verdict. Aliases ``champion`` and ``challenger``
 mark what serves and what was refused.
@@ -72,6 +73,8 @@ class VersionInfo:
     test_sets: dict[str, str]
     data_hashes: dict[str, dict[str, str]]
     parent: str | None
+    valid_aucs: dict[str, float] = field(default_factory=dict)
+    valid_sets: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -108,6 +111,8 @@ def version_info(client: MlflowClient, version: str, name: str = MODEL_NAME) -> 
         languages=_split(tags.get("languages")),
         aucs={k.removeprefix("auc."): float(v) for k, v in tags.items() if k.startswith("auc.")},
         test_sets={k.removeprefix("test_set."): v for k, v in tags.items() if k.startswith("test_set.")},
+        valid_aucs={k.removeprefix("valid_auc."): float(v) for k, v in tags.items() if k.startswith("valid_auc.")},
+        valid_sets={k.removeprefix("valid_set."): v for k, v in tags.items() if k.startswith("valid_set.")},
         data_hashes=json.loads(tags.get("data_hashes", "{}")),
         parent=tags.get("parent_version") or None,
         aliases=list(mv.aliases),
@@ -180,6 +185,14 @@ def read_test_sets(info: VersionInfo, dest: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def read_valid_sets(info: VersionInfo, dest: Path) -> dict[str, pd.DataFrame]:
+    """The validation tables the version kept (kept like test sets, never trained on); a version registered
+    before validation sets were kept has none for its marketplaces, and the gate says so."""
+    return {mid: pd.read_parquet(mlflow.artifacts.download_artifacts(artifact_uri=info.valid_sets[mid],
+                                                                    dst_path=str(dest)))
+            for mid in info.marketplaces if mid in info.valid_sets}
+
+
 def version_tags(
     *,
     parent: VersionInfo | None,
@@ -188,11 +201,14 @@ def version_tags(
     aucs: Mapping[str, float],
     test_sets: Mapping[str, str],
     data_hashes: Mapping[str, Mapping[str, str]],
+    valid_aucs: Mapping[str, float] | None = None,
+    valid_sets: Mapping[str, str] | None = None,
     extra: Mapping[str, str] = {},
 ) -> dict[str, str]:
     """The tags a version carries; test-set URIs and data hashes of untouched marketplaces come from the parent."""
     hashes = {**(parent.data_hashes if parent else {}), **{k: dict(v) for k, v in data_hashes.items()}}
     uris = {**(parent.test_sets if parent else {}), **test_sets}
+    valid_uris = {**(parent.valid_sets if parent else {}), **(valid_sets or {})}
     tags = {
         "marketplace_order": ",".join(marketplaces),
         "languages": ",".join(languages),
@@ -200,6 +216,8 @@ def version_tags(
         "parent_version": parent.version if parent else "",
         **{f"auc.{k}": f"{v:.6f}" for k, v in aucs.items()},
         **{f"test_set.{m}": uris[m] for m in marketplaces},
+        **{f"valid_auc.{k}": f"{v:.6f}" for k, v in (valid_aucs or {}).items()},
+        **{f"valid_set.{m}": valid_uris[m] for m in marketplaces if m in valid_uris},
         **extra,
     }
     return tags
@@ -248,10 +266,36 @@ class RegistrationRequest:
     champion: VersionInfo | None  # the version it must not fall behind
     evaluation: Evaluation
     new_tests: Mapping[str, pd.DataFrame]  # test sets stored for the first time
+    new_valids: Mapping[str, pd.DataFrame]  # validation sets stored for the first time
     data_hashes: Mapping[str, Mapping[str, str]]
     gate: GateConfig
     work_dir: Path
     kind: str = "arrival"
+
+
+def _store_tables(tables: Mapping[str, pd.DataFrame], work_dir: Path, folder: str) -> dict[str, str]:
+    """Log each table as ``<folder>/<id>.parquet`` in the active run; returns their artifact URIs."""
+    uris = {}
+    for mid, table in tables.items():
+        path = work_dir / folder / f"{mid}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=folder)
+        uris[mid] = mlflow.get_artifact_uri(f"{folder}/{mid}.parquet")
+    return uris
+
+
+def _gate_scores(champion: VersionInfo | None,
+                 ev: Evaluation) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """What the gate compares: validation ROC-AUC per marketplace (model selection never looks at test). A
+    marketplace whose champion predates kept validation sets is compared on test, and its check says so."""
+    before, after, on = {}, dict(ev.valid_aucs), {}
+    for mid, test_auc in (champion.aucs if champion else {}).items():
+        if mid in champion.valid_aucs and mid in ev.valid_aucs:
+            before[mid] = champion.valid_aucs[mid]
+        else:
+            before[mid], after[mid], on[mid] = test_auc, ev.aucs[mid], "test (no kept validation set)"
+    return before, after, on
 
 
 def register(request: RegistrationRequest) -> Registration:
@@ -261,20 +305,16 @@ def register(request: RegistrationRequest) -> Registration:
     """
     r = request
     client = MlflowClient()
-    uris = {}
-    for mid, table in r.new_tests.items():
-        path = r.work_dir / "test_sets" / f"{mid}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path="test_sets")
-        uris[mid] = mlflow.get_artifact_uri(f"test_sets/{mid}.parquet")
+    uris = _store_tables(r.new_tests, r.work_dir, "test_sets")
+    valid_uris = _store_tables(r.new_valids, r.work_dir, "valid_sets")
     ev = r.evaluation
-    decision = promotion_decision(r.champion.aucs if r.champion else {}, ev.aucs, new_marketplace=r.new_marketplace,
-                                  adapter_auc=ev.adapter_auc, gate=r.gate)
+    before, after, measured_on = _gate_scores(r.champion, ev)
+    decision = promotion_decision(before, after, new_marketplace=r.new_marketplace, adapter_auc=ev.adapter_valid_auc,
+                                  gate=r.gate, measured_on=measured_on)
     adapter_tag = {f"adapter_auc.{r.new_marketplace}": f"{ev.adapter_auc:.6f}"} if ev.adapter_auc is not None else {}
     tags = version_tags(
         parent=r.parent, marketplaces=r.marketplaces, languages=r.languages, aucs=ev.aucs, test_sets=uris,
-        data_hashes=r.data_hashes,
+        data_hashes=r.data_hashes, valid_aucs=ev.valid_aucs, valid_sets=valid_uris,
         extra={"kind": r.kind, "marketplace": r.new_marketplace or "", "encoder": r.encoder.name,
                "encoder_checksum": r.encoder.checksum, **adapter_tag},
     )

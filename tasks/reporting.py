@@ -103,6 +103,7 @@ def model_card(
     stages: Sequence[Mapping[str, Any]],
     attention: Mapping[str, Mapping[str, float]],
     data_hashes: Mapping[str, Mapping[str, str]],
+    translation_routes: Mapping[str, str] | None = None,
 ) -> str:
     """The markdown a reviewer reads before promoting: what the model knows, how it scores, what the gate said."""
     lines = [
@@ -116,6 +117,9 @@ def model_card(
         "- **Marketplaces (arrival order)**: " + ", ".join(f"`{m}` ({lang})" for m, lang in marketplaces),
         "- **Intended use**: score (marketplace, query, product_title) rows; P(relevant) in the `score` column.",
         "",
+        *(["- **Translation of the new marketplace into each older language**: "
+            + ", ".join(f"{lang}: `{route}`" for lang, route in translation_routes.items()), ""]
+          if translation_routes else []),
         "## ROC-AUC matrix R[t][k]",
         "",
         _table(matrix),

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+NO_ROUTE = "none (§4.2)"
+
+
 def translate_step(
     train: pd.DataFrame,
     source_language: str,
@@ -37,11 +40,12 @@ def translate_step(
     backend: str,
     cache_dir: Path,
 ) -> dict[str, pd.DataFrame]:
-    """T_1..T_{t-1}: a fraction of D_t in each older language.
+    """T_1..T_{t-1}: a fraction of D_t in each older language that has a route.
 
-    With ``backend="auto"`` and no translator for a pair on this machine, the arrival continues
-    without translations (the paper's §4.2 variant: every D_t batch gets CE + L_AD) and says so;
-    a backend named explicitly must work.
+    With ``backend="auto"`` an older language this machine cannot translate into is left out, with a
+    warning: the arrival distils on the languages it can reach and only that language falls back to the
+    paper's §4.2 variant (one untranslatable language must not cost the others their translations). A
+    backend named explicitly must serve every language, and fails before anything is translated.
     """
     targets = sorted({lang for lang in target_languages if lang != source_language})
     if not targets or fraction <= 0:
@@ -49,15 +53,26 @@ def translate_step(
     from tasks.translation import translate_subset
     from tasks.translation.errors import NoRouteError
 
-    try:
-        return dict(translate_subset(train, source_language, targets, fraction=fraction, seed=seed, backend=backend,
-                                     cache_dir=cache_dir))
-    except NoRouteError as err:
-        if backend != "auto":
-            raise
-        log.warning("no translation for %s -> %s on this machine (%s); distilling on D_t itself (paper §4.2)",
-                    source_language, ",".join(targets), err)
-        return {}
+    def translate(languages: list[str]) -> dict[str, pd.DataFrame]:
+        return dict(translate_subset(train, source_language, languages, fraction=fraction, seed=seed,
+                                     backend=backend, cache_dir=cache_dir))
+
+    if backend != "auto":
+        return translate(targets)
+    tables: dict[str, pd.DataFrame] = {}
+    for target in targets:  # the subset is seeded, so every language gets the same rows
+        try:
+            tables.update(translate([target]))
+        except NoRouteError as err:
+            log.warning("no translation for %s -> %s on this machine; %s is not distilled on translated text "
+                        "(paper §4.2 for it): %s", source_language, target, target, str(err).splitlines()[0])
+    return tables
+
+
+def translation_routes(tables: Mapping[str, pd.DataFrame], target_languages: list[str]) -> dict[str, str]:
+    """The route each older language was reached by (``es>en``), or ``none (§4.2)``: what the run records."""
+    return {lang: str(tables[lang]["translation_route"].iloc[0]) if lang in tables and len(tables[lang]) else NO_ROUTE
+            for lang in target_languages}
 
 
 def _load_or_create(teacher_dir: str | None, encoder: EncoderRef, cfg: LearnerConfig):
@@ -104,13 +119,16 @@ def fusion_step(
     translated: Mapping[str, pd.DataFrame],
     cfg: LearnerConfig,
     work_dir: Path,
+    kept_valid: Mapping[str, pd.DataFrame] | None = None,
 ) -> StageOutput:
-    """Stage 3: a fresh fusion over all adapters, distilling the teacher fusion's attention on T_k."""
+    """Stage 3: a fresh fusion over all adapters, distilling the teacher fusion's attention on T_k
+    (``kept_valid``: the old marketplaces' kept validation sets, for ``early_stopping = "kept"``)."""
     from models.stages import distill_fusion
 
     sets = [to_pairs(table, translated_source(lang)) for lang, table in sorted(translated.items())]
+    kept = {mid: to_pairs(table) for mid, table in (kept_valid or {}).items()}
     return _stage_in_folder(adapter_dir, encoder, cfg, work_dir, "fusion", lambda model, checkpoint: (
-        distill_fusion(model, to_pairs(train), to_pairs(valid), sets, cfg, checkpoint=checkpoint)))
+        distill_fusion(model, to_pairs(train), to_pairs(valid), sets, cfg, kept_valid=kept, checkpoint=checkpoint)))
 
 
 def redistill_step(
@@ -132,26 +150,35 @@ def evaluate_step(
     model_dir: str,
     encoder: EncoderRef,
     tests: Mapping[str, pd.DataFrame],
+    valids: Mapping[str, pd.DataFrame],
     new_marketplace: str | None,
     device: str,
 ) -> Evaluation:
-    """ROC-AUC on every marketplace's test set, plus the new marketplace's adapter-only score when fused."""
+    """ROC-AUC on every marketplace's validation set (the gate's) and test set (reported), plus the new
+    marketplace's adapter-only scores when fused."""
     from models.device import resolve_device
+    from models.fusion_attention import fusion_attention_profile
     from models.metrics import roc_auc
     from models.relevance import RelevanceModel
-    from models.sequence import fusion_attention_profile
 
     model = RelevanceModel.load(model_dir, encoder, device=resolve_device(device))
     pairs = {mid: to_pairs(table) for mid, table in tests.items()}
     scores = {mid: model.predict_proba(p) for mid, p in pairs.items()}
     aucs = {mid: roc_auc(pairs[mid].labels, s) for mid, s in scores.items()}
-    adapter_auc = None
+    valid_pairs = {mid: to_pairs(table) for mid, table in valids.items()}
+    valid_aucs = {mid: roc_auc(p.labels, model.predict_proba(p)) for mid, p in valid_pairs.items()}
+    adapter_auc = adapter_valid_auc = None
     if model.fusion is not None and new_marketplace is not None:
         adapter_auc = roc_auc(pairs[new_marketplace].labels,
                               model.predict_proba(pairs[new_marketplace], setup=new_marketplace))
+        if new_marketplace in valid_pairs:
+            adapter_valid_auc = roc_auc(valid_pairs[new_marketplace].labels,
+                                        model.predict_proba(valid_pairs[new_marketplace], setup=new_marketplace))
     return Evaluation(
         aucs=aucs,
         adapter_auc=adapter_auc,
+        valid_aucs=valid_aucs,
+        adapter_valid_auc=adapter_valid_auc,
         attention=fusion_attention_profile(model, pairs),
         labels={mid: [int(x) for x in p.labels] for mid, p in pairs.items()},
         scores={mid: [float(x) for x in s] for mid, s in scores.items()},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,18 +24,18 @@ def test_kl_matches_hand_computation():
     mask = torch.ones(1, 1)
     expected_slice = 0.25 * math.log(0.25 / 0.2) + 0.75 * math.log(0.75 / 0.5)
     expected_renorm = 0.25 * math.log(0.25 / (0.2 / 0.7)) + 0.75 * math.log(0.75 / (0.5 / 0.7))
-    assert attention_distillation_loss(teacher, student, mask, "slice").item() == pytest.approx(expected_slice, rel=1e-5)
-    assert attention_distillation_loss(teacher, student, mask, "renorm").item() == pytest.approx(expected_renorm, abs=1e-6)
+    assert attention_distillation_loss(teacher, student, mask, "slice", "sum").item() == pytest.approx(expected_slice, rel=1e-5)
+    assert attention_distillation_loss(teacher, student, mask, "renorm", "sum").item() == pytest.approx(expected_renorm, abs=1e-6)
 
 
 def test_layers_are_summed_and_tokens_averaged():
     t = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
     s = torch.tensor([[[0.25, 0.25, 0.5], [0.9, 0.1, 0.0]]])
     mask = torch.ones(1, 2)
-    one_layer = attention_distillation_loss([t], [s], mask, "slice").item()
+    one_layer = attention_distillation_loss([t], [s], mask, "slice", "sum").item()
     per_token = [0.5 * math.log(2) * 2, 0.0]
     assert one_layer == pytest.approx(sum(per_token) / 2, rel=1e-5)
-    assert attention_distillation_loss([t, t], [s, s], mask, "slice").item() == pytest.approx(2 * one_layer, rel=1e-5)
+    assert attention_distillation_loss([t, t], [s, s], mask, "slice", "sum").item() == pytest.approx(2 * one_layer, rel=1e-5)
 
 
 def test_zero_when_student_agrees_on_old_adapters():
@@ -42,21 +43,21 @@ def test_zero_when_student_agrees_on_old_adapters():
     agree_slice = torch.cat([teacher, torch.zeros(3, 5, 1)], dim=-1)
     agree_renorm = torch.cat([teacher * 0.6, torch.full((3, 5, 1), 0.4)], dim=-1)
     mask = torch.ones(3, 5)
-    assert attention_distillation_loss([teacher], [agree_slice], mask, "slice").item() == pytest.approx(0.0, abs=1e-6)
-    assert attention_distillation_loss([teacher], [agree_renorm], mask, "renorm").item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_distillation_loss([teacher], [agree_slice], mask, "slice", "sum").item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_distillation_loss([teacher], [agree_renorm], mask, "renorm", "sum").item() == pytest.approx(0.0, abs=1e-6)
     # the raw slice counts the new adapter's share as divergence: -log(0.6) per token
-    assert attention_distillation_loss([teacher], [agree_renorm], mask, "slice").item() == pytest.approx(-math.log(0.6), rel=1e-5)
+    assert attention_distillation_loss([teacher], [agree_renorm], mask, "slice", "sum").item() == pytest.approx(-math.log(0.6), rel=1e-5)
 
 
 def test_padding_is_excluded():
     teacher = torch.softmax(torch.randn(2, 4, 2), dim=-1)
     student = torch.softmax(torch.randn(2, 4, 3), dim=-1)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    base = attention_distillation_loss([teacher], [student], mask, "slice").item()
+    base = attention_distillation_loss([teacher], [student], mask, "slice", "sum").item()
     garbage = student.clone()
     garbage[0, 3] = torch.tensor([0.98, 0.01, 0.01])
     garbage[1, 2:] = torch.tensor([0.01, 0.01, 0.98])
-    assert attention_distillation_loss([teacher], [garbage], mask, "slice").item() == pytest.approx(base, rel=1e-6)
+    assert attention_distillation_loss([teacher], [garbage], mask, "slice", "sum").item() == pytest.approx(base, rel=1e-6)
     # and the masked mean equals the mean over the five real tokens only
     kl = (teacher * (teacher.log() - student[..., :2].log())).sum(-1)
     assert base == pytest.approx(float(kl[mask.bool()].mean()), rel=1e-5)
@@ -64,9 +65,9 @@ def test_padding_is_excluded():
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="fusion layers"):
-        attention_distillation_loss([torch.ones(1, 1, 2)], [], torch.ones(1, 1), "slice")
+        attention_distillation_loss([torch.ones(1, 1, 2)], [], torch.ones(1, 1), "slice", "sum")
     with pytest.raises(ValueError, match="does not extend"):
-        attention_distillation_loss([torch.full((1, 1, 3), 1 / 3)], [torch.full((1, 1, 2), 0.5)], torch.ones(1, 1), "slice")
+        attention_distillation_loss([torch.full((1, 1, 3), 1 / 3)], [torch.full((1, 1, 2), 0.5)], torch.ones(1, 1), "slice", "sum")
 
 
 def _three_adapter_model(tiny_encoder) -> RelevanceModel:
@@ -136,8 +137,8 @@ def test_teacher_cache_equals_recomputation(tiny_encoder):
     batch = PadCollator(model.tokenizer.pad_token_id, "translated:en")([translated[i] for i in (7, 2, 5)])
     with recorder.record() as student_scores:
         model.logits(batch, student)
-    recomputed = attention_distillation_loss(fresh.for_batch(batch), student_scores, batch.attention_mask, "slice")
-    from_cache = attention_distillation_loss(cached.for_batch(batch), student_scores, batch.attention_mask, "slice")
+    recomputed = attention_distillation_loss(fresh.for_batch(batch), student_scores, batch.attention_mask, "slice", "sum")
+    from_cache = attention_distillation_loss(cached.for_batch(batch), student_scores, batch.attention_mask, "slice", "sum")
     assert from_cache.item() == pytest.approx(recomputed.item(), rel=2e-3)
     assert recomputed.item() > 0
     assert model.net.active_adapters.name == student, "the teacher pass must hand routing back to the student"
@@ -200,3 +201,52 @@ def test_redistillation_needs_a_fusion(tiny_encoder):
     model.add_marketplace(MarketplaceSpec("en", "en"))
     with pytest.raises(ValueError, match="nothing to re-distil"):
         redistill_fusion(model, make_pairs("en", 8, 1), make_pairs("en", 8, 2), LearnerConfig())
+
+
+def test_per_source_omega_makes_the_no_translation_variant_at_t2_plain_fusion(tiny_encoder):
+    """At t = 2 the teacher is one adapter (Ω = 1). With ω renormalised on D_t batches, L_AD on the new
+    language asks nothing of the fusion, so the §4.2 variant trains exactly what fusion without distillation
+    trains; with the raw slice it would pull the new language away from its own adapter."""
+    from models.stages import distill_fusion
+
+    def trained(distill: dict) -> dict:
+        model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+        torch.manual_seed(0)
+        for lang in ("en", "es"):
+            model.add_marketplace(MarketplaceSpec(lang, lang))
+        learner = LearnerConfig(fusion={"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}, distill=distill)
+        report = distill_fusion(model, make_pairs("es", 24, 5), make_pairs("es", 12, 6), [], learner)
+        return {"state": {k: v.clone() for k, v in model.net.state_dict().items()}, "history": report.fit.history}
+
+    per_source = trained({"omega": "per-source"})
+    plain = trained({"weight": 0.0})
+    slice_ = trained({"omega": "slice"})
+    assert per_source["state"].keys() == plain["state"].keys()
+    assert all(torch.equal(per_source["state"][k], plain["state"][k]) for k in plain["state"])
+    assert "ad" not in per_source["history"][0] and slice_["history"][0]["ad"] > 0
+    fused = [k for k in plain["state"] if "adapter_fusion_layer.en,es." in k]
+    assert any(not torch.equal(slice_["state"][k], plain["state"][k]) for k in fused)
+
+
+def test_layer_mean_is_the_sum_over_the_number_of_layers():
+    t = torch.tensor([[[0.7], [0.2]]]).expand(1, 2, 1).clone()
+    s = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
+    mask = torch.ones(1, 2)
+    total = attention_distillation_loss([t, t, t], [s, s, s], mask, "slice", "sum")
+    assert attention_distillation_loss([t, t, t], [s, s, s], mask, "slice", "mean").item() == pytest.approx(
+        total.item() / 3, rel=1e-6)
+
+
+def test_early_stopping_can_watch_every_kept_validation_set(tiny_encoder):
+    from models.metrics import roc_auc
+    from models.stages import distill_fusion
+
+    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    for lang in ("en", "es"):
+        model.add_marketplace(MarketplaceSpec(lang, lang))
+    valid, kept = make_pairs("es", 12, 6), {"en": make_pairs("en", 12, 7)}
+    learner = LearnerConfig(fusion={"epochs": 1, "batch_size": 8}, early_stopping="kept")
+    report = distill_fusion(model, make_pairs("es", 24, 5), valid, [], learner, kept_valid=kept)
+    expected = np.mean([roc_auc(p.labels, model.predict_proba(p)) for p in (valid, kept["en"])])
+    assert report.fit.best_metric == pytest.approx(expected, abs=1e-9)
+    assert report.fit.best_metric != pytest.approx(roc_auc(valid.labels, model.predict_proba(valid)), abs=1e-9)

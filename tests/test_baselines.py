@@ -257,3 +257,20 @@ def test_adapter_methods_share_identical_adapters_and_still_pay_for_them(tiny_en
     assert all(a >= s for a, s in zip(second.arrival_seconds, reused, strict=True))
     other_seed = _run("adapter-only", tiny_encoder, two, seed=32)
     assert len(SHARED) == banked + 2 and "reused_seconds" not in other_seed.reports[0].details
+
+
+def test_probe_fits_a_separable_problem_and_scores_each_marketplace_with_its_own_head(tiny_encoder, marketplaces):
+    from models.methods.probe import fit_logistic, pair_features
+
+    gen = torch.Generator().manual_seed(0)
+    q, p = torch.randn(64, 4, generator=gen), torch.randn(64, 4, generator=gen)
+    y = (q[:, 0] * p[:, 0] > 0).long()  # only the product feature q·p separates it
+    head = fit_logistic(pair_features(q, p), y)
+    scores = torch.sigmoid(head(pair_features(q, p)).squeeze(-1)).detach().numpy()
+    from models.metrics import roc_auc
+
+    assert roc_auc(y.tolist(), scores) > 0.99
+    result = _run("probe", tiny_encoder, marketplaces[:2])
+    assert result.trainable_parameters == 4 * 32 + 1 and [r.stage for r in result.reports] == ["probe", "probe"]
+    r = result.metrics.matrix
+    assert r[1, 0] == r[0, 0], "a new marketplace's probe leaves the old one's alone"

@@ -214,7 +214,7 @@ def test_report_holds_the_table_and_names_every_png(tmp_path):
     path = write_report(tmp_path, records, cfg)
     text = path.read_text()
     assert path == tmp_path / "report.md"
-    assert "| method | en | es | fr | average | BWT | forgetting | trainable params | train time (s) | runs |" in text
+    assert "| method | en | es | fr | average | BWT | forgetting | valid average | trainable params | train time (s) | runs |" in text
     assert "| ad | 0.800 ± 0.000 | 0.820 ± 0.000 | 0.900 ± 0.000 |" in text
     assert "| replay † |" in text and "breaks the no-replay" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))

@@ -152,7 +152,7 @@ def test_flows_refuse_a_bad_value_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr("tasks.data.load_marketplace", must_not_run)
     missing = str(tmp_path / "missing.parquet")
-    with pytest.raises(ParameterTypeError, match=r"learner\.distill\.omega: Input should be .slice. or .renorm."):
+    with pytest.raises(ParameterTypeError, match=r"learner\.distill\.omega: Input should be .slice., .renorm. or .per-source."):
         marketplace_arrival.validate_parameters({
             "marketplace": "es", "language": "es", "train": missing, "valid": missing, "test": missing,
             "learner": {"distill": {"omega": "foo"}}})

@@ -92,6 +92,12 @@ def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, t
     tests = registry.read_test_sets(champion, mcl / "readback")
     assert list(tests) == ["en", "es"] and len(tests["en"]) == 32
     assert champion.test_sets["en"] == registry.version_info(c, "1").test_sets["en"]
+    # validation sets are kept the same way, and the gate decided on them (test is reported only)
+    valids = registry.read_valid_sets(champion, mcl / "readback-valid")
+    assert list(valids) == ["en", "es"] and len(valids["en"]) == 32
+    assert champion.valid_sets["en"] == registry.version_info(c, "1").valid_sets["en"]
+    assert set(champion.valid_aucs) == {"en", "es"}
+    assert champion.tags["gate_checks"].startswith(f"en: validation ROC-AUC {champion.valid_aucs['en']:.4f}")
     for mid in ("en", "es"):
         (adapter,) = c.search_model_versions(f"name = 'adapter-{mid}'")
         assert adapter.tags["marketplace_order"] == mid

@@ -120,3 +120,24 @@ def test_pyfunc_scores_rows_and_refuses_what_it_cannot_score(tiny_encoder):
         pyfunc.predict(None, rows.drop(columns="product_title"))
     with pytest.raises(PyfuncInputError, match="mode 'x'"):
         pyfunc.predict(None, rows, params={"mode": "x"})
+
+
+def test_gate_decides_on_validation_and_says_when_it_had_to_use_test():
+    from tasks.records import Evaluation
+    from tasks.registry import _gate_scores
+
+    champion = _info("1", ["en", "es"])
+    champion = registry.VersionInfo(**{**champion.__dict__, "aucs": {"en": 0.95, "es": 0.90},
+                                       "valid_aucs": {"en": 0.80}})
+    ev = Evaluation(aucs={"en": 0.50, "es": 0.89, "fr": 0.7}, adapter_auc=0.6, attention={},
+                    valid_aucs={"en": 0.795, "fr": 0.75}, adapter_valid_auc=0.7)
+    before, after, on = _gate_scores(champion, ev)
+    assert before == {"en": 0.80, "es": 0.90} and after["en"] == 0.795 and after["es"] == 0.89
+    assert on == {"es": "test (no kept validation set)"}
+    d = promotion_decision(before, after, new_marketplace="fr", adapter_auc=ev.adapter_valid_auc, gate=DEFAULT,
+                           measured_on=on)
+    # en's test score collapsed (0.95 -> 0.50), but the gate never looks at test where validation exists
+    assert d.passed, d.reasons
+    assert d.checks[0].startswith("en: validation ROC-AUC 0.7950 vs champion 0.8000")
+    assert d.checks[1].startswith("es: test (no kept validation set) ROC-AUC 0.8900")
+    assert d.checks[2].startswith("fr: validation ROC-AUC fused 0.7500 vs adapter-only 0.7000")

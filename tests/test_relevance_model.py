@@ -158,3 +158,29 @@ def test_fusion_warm_start_and_head_initialisation(tiny_encoder):
     params = dict(model.net.named_parameters())
     copied = [k for k in params if f"adapter_fusion_layer.{warm}." in k]
     assert copied and all(torch.equal(params[k], params[k.replace(warm, teacher)]) for k in copied)
+
+
+def test_adapter_capacity_and_distinct_initialisation_are_settings(tiny_encoder, marketplaces):
+    import torch
+
+    from models.stages import train_language_adapter
+
+    def first_adapter(**settings):
+        learner = FAST.model_copy(update={**settings, "adapter": FAST.adapter.model_copy(update={"epochs": 1})})
+        model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+        en, es = marketplaces[:2]
+        train_language_adapter(model, en.spec, en.train.head(16), en.valid, learner.model_copy(
+            update={"adapter": learner.adapter.model_copy(update={"learning_rate": 0.0})}))
+        train_language_adapter(model, es.spec, es.train.head(16), es.valid, learner.model_copy(
+            update={"adapter": learner.adapter.model_copy(update={"learning_rate": 0.0})}))
+        return model
+
+    same = first_adapter()
+    a, b = (same.parameters_of(adapters_=[m]) for m in ("en", "es"))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), "one seed: A_en and A_es start identical"
+    distinct = first_adapter(seed_per_marketplace=True)
+    a, b = (distinct.parameters_of(adapters_=[m]) for m in ("en", "es"))
+    assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    small, big = first_adapter(), first_adapter(reduction_factor=4)
+    units = {m: m.parameters_of(adapters_=["en"])[0].shape[0] for m in (small, big)}  # the down projection's rows
+    assert units[small] == 32 // 16 and units[big] == 32 // 4

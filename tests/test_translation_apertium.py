@@ -126,3 +126,21 @@ def test_missing_pair_fails_before_any_work_listing_pairs_and_packages(apertium,
         lang, package = lacking[0]
         with pytest.raises(NoRouteError, match=f"apt-get install {package}"):
             translate_subset(data, "es", [lang], backend="apertium")
+
+
+@needs_apertium
+def test_an_arrival_translates_into_every_routable_language_and_records_the_rest(apertium, tmp_path):
+    """One older language without a route (ja) must not cost the routable ones (en, and fr through es) their
+    translations: only ja falls back to the §4.2 variant, and the routes say so."""
+    from tasks.steps import NO_ROUTE, translate_step, translation_routes
+
+    data = pd.DataFrame({"query": ["botella de agua", "zapato rojo", "lampara azul", "taza verde"],
+                         "product_title": ["botella", "zapato", "lampara", "taza"], "label": [1, 0, 1, 0]})
+    tables = translate_step(data, "es", ["en", "fr", "ja"], fraction=1.0, seed=1, backend="auto", cache_dir=tmp_path)
+    assert sorted(tables) == ["en", "fr"] and len(tables["en"]) == 4
+    assert tables["en"]["query"].iloc[0] == "bottle of water"
+    routes = translation_routes(tables, ["en", "fr", "ja"])
+    assert routes["en"] == "es>en" and routes["fr"].startswith("es>") and routes["fr"].endswith(">fr")
+    assert routes["ja"] == NO_ROUTE == "none (§4.2)"
+    with pytest.raises(NoRouteError, match="'ja'"):  # a backend named explicitly must serve every language
+        translate_step(data, "es", ["en", "ja"], fraction=1.0, seed=1, backend="apertium", cache_dir=tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,32 @@ class DemoSize:
 # mostly shows the machinery.
 QUICK = DemoSize(pairs=360, preset="demo-quick", test_fraction=0.3)
 FULL = DemoSize(pairs=1100, preset="demo")
+
+
+#: The Debian packages of the Apertium pairs the project routes through (the Makefile's `translators` target).
+APERTIUM_PACKAGES = ("apertium", "apertium-eng-spa", "apertium-fr-es", "apertium-spa-ita", "apertium-es-pt")
+
+
+def print_translation_plan(languages: list[str], translation) -> list[str]:
+    """Before any work: how each arrival will reach each older language, and which pairs have no translator
+    on this machine (those arrivals distil without translated text, the paper's §4.2 variant, for them)."""
+    from tasks.translation import arrival_routes, build_backends
+
+    if translation.fraction <= 0:
+        console.print("translation: off (translation.fraction = 0): every arrival distils on its own data (§4.2)")
+        return []
+    routes = arrival_routes(languages, build_backends(translation.backend))
+    missing = [f"{new}->{old}" for (new, old), route in routes.items() if route.startswith("none")]
+    for (new, old), route in routes.items():
+        console.print(f"translation {new} -> {old}: {route}")
+    if missing:
+        lacking = [p for p in APERTIUM_PACKAGES
+                   if subprocess.run(["dpkg", "-s", p], capture_output=True, check=False).returncode != 0]
+        hint = (f"`make translators` (as root: apt-get install {' '.join(lacking)}) may enable them" if lacking else
+                "Apertium has no pair for them; an Opus-MT model in the Hugging Face cache would serve them")
+        console.print(f"[yellow]no translator on this machine for {', '.join(missing)}[/yellow]: {hint}; until "
+                      "then those arrivals run without translated text for those languages")
+    return missing
 
 
 def _point_settings_at(out: Path) -> None:
@@ -74,6 +101,7 @@ def demo(
 
     order = [x.strip() for x in languages.split(",") if x.strip()]
     started = time.perf_counter()
+    print_translation_plan(order, learner.translation)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     _point_settings_at(out)

@@ -24,7 +24,8 @@ from models.stages import StageReport, train_language_adapter
 
 
 def _fingerprint(model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: LearnerConfig) -> str:
-    digest = hashlib.sha256(repr((model.encoder.checksum, model.max_length, spec, cfg.adapter, cfg.seed)).encode())
+    digest = hashlib.sha256(repr((model.encoder.checksum, model.max_length, spec, cfg.adapter, cfg.seed,
+                                  cfg.seed_per_marketplace, cfg.reduction_factor)).encode())
     for pairs in (train, valid):
         digest.update(repr((list(pairs.queries), list(pairs.titles), [int(x) for x in pairs.labels])).encode())
     return digest.hexdigest()
@@ -45,7 +46,7 @@ class AdapterBank:
         key = _fingerprint(model, spec, train, valid, cfg)
         if key in self._store:
             state, report = self._store[key]
-            model.add_marketplace(spec)
+            model.add_marketplace(spec, cfg.reduction_factor)
             model.load_marketplace_state(spec.id, state)
             return dataclasses.replace(report, details={**report.details, "reused_seconds": report.fit.train_seconds})
         report = train_language_adapter(model, spec, train, valid, cfg, checkpoint=checkpoint)

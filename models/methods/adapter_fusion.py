@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.fusion_attention import fusion_attention_profile
 from models.methods.adapter_bank import SHARED
 from models.methods.protocol import ContinualMethod, MarketplaceSplits, concat_pairs
 from models.pairs import Pairs
@@ -35,18 +36,21 @@ def learn_marketplace(
     translated: Sequence[Pairs],
     cfg: LearnerConfig,
     *,
+    kept_valid: Mapping[str, Pairs] | None = None,
     checkpoint_dir: Path | None = None,
     train_adapter: Callable[..., StageReport] = train_language_adapter,
 ) -> tuple[RelevanceModel, list[StageReport]]:
     """One arrival: M_{t-1} (or nothing) + D_t (+ T_1..T_{t-1}) -> M_t. ``model`` is modified in place.
 
-    ``train_adapter`` is stage 2 (the benchmark passes an adapter bank that reuses identical adapters)."""
+    ``kept_valid``: the old marketplaces' validation sets (for ``early_stopping = "kept"``); ``train_adapter``
+    is stage 2 (the benchmark passes an adapter bank that reuses identical adapters)."""
     if model is None:
         model = RelevanceModel.create(encoder, max_length=cfg.max_length, device=cfg.device)
     ckpt = (lambda name: checkpoint_dir / f"{data.spec.id}-{name}.pt") if checkpoint_dir else (lambda name: None)
     reports = [train_adapter(model, data.spec, data.train, data.valid, cfg, checkpoint=ckpt("adapter"))]
     if len(model.marketplaces) > 1:
-        reports.append(distill_fusion(model, data.train, data.valid, translated, cfg, checkpoint=ckpt("fusion")))
+        reports.append(distill_fusion(model, data.train, data.valid, translated, cfg, kept_valid=kept_valid,
+                                      checkpoint=ckpt("fusion")))
     return model, reports
 
 
@@ -75,6 +79,11 @@ class _RelevanceMethod(ContinualMethod):
                                         batch_size=self.learner.adapter.eval_batch_size,
                                         precision=self.learner.adapter.precision)
 
+    def own_attention(self, data: MarketplaceSplits) -> float | None:
+        if self.model is None or self.model.fusion is None or self._setup(data.spec.id) is not None:
+            return None
+        return fusion_attention_profile(self.model, {data.spec.id: data.test})[data.spec.id][data.spec.id]
+
     def trainable_parameters(self) -> int:
         return sum(r.fit.trainable_parameters for r in self.last_reports)
 
@@ -88,9 +97,14 @@ class AttentionDistillation(_RelevanceMethod):
     description = "language adapter + AdapterFusion with attention distillation on translated data (the paper)"
     uses_translation = True
 
+    def __init__(self, encoder: EncoderRef, learner: LearnerConfig, baselines=None) -> None:
+        super().__init__(encoder, learner, baselines)
+        self.kept_valid: dict[str, Pairs] = {}  # old validation sets: kept like test sets, never trained on
+
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         self.model, self.last_reports = learn_marketplace(self._model(), self.encoder, data, translated, self.learner,
-                                                          train_adapter=SHARED.train)
+                                                          kept_valid=dict(self.kept_valid), train_adapter=SHARED.train)
+        self.kept_valid[data.spec.id] = data.valid
         return self.last_reports
 
 

@@ -23,6 +23,7 @@ from models.methods.fine_tuning import (
     SingleMarketplace,
 )
 from models.methods.hat import HardAttentionToTask
+from models.methods.probe import LinearProbe
 from models.methods.protocol import (
     ContinualMethod,
     MarketplaceSplits,
@@ -40,6 +41,7 @@ METHODS: dict[str, type[ContinualMethod]] = {
     "ad-no-translation": AttentionDistillation,
     "fusion-no-distill": AttentionDistillation,
     "adapter-only": AdapterOnly,
+    "probe": LinearProbe,
     "joint-fusion": JointFusion,
     "sm": SingleMarketplace,
     "seq-ft": SequentialFineTuning,

@@ -78,6 +78,11 @@ class ContinualMethod(ABC):
     def predict_proba(self, marketplace_id: str, pairs: Pairs) -> np.ndarray:
         """P(relevant) of each pair of marketplace ``marketplace_id``, in input order."""
 
+    def own_attention(self, data: MarketplaceSplits) -> float | None:
+        """Mean fusion attention the newest marketplace's adapter gets on its own test text (None: no fusion).
+        A fused model that gives its new language's adapter almost nothing is serving it with the old ones."""
+        return None
+
     @abstractmethod
     def trainable_parameters(self) -> int:
         """Parameters trained when the last marketplace was added."""
@@ -130,6 +135,8 @@ class MethodResult:
     trainable_parameters: int  # trained when adding the last marketplace
     total_parameters: int  # held to serve every marketplace after the last arrival
     breaks_no_replay: bool
+    valid_metrics: ContinualMetrics | None = None  # the same matrix on validation sets: what defaults are chosen on
+    own_attention: list[float | None] | None = None  # per arrival: the new adapter's fusion attention on its text
 
 
 def run_protocol(
@@ -152,8 +159,10 @@ def run_protocol(
         raise ValueError("a sequence needs at least one marketplace")
     n = len(marketplaces)
     matrix = np.full((n, n), np.nan)
+    valid_matrix = np.full((n, n), np.nan)
     reports: list[StageReport] = []
     seconds: list[float] = []
+    own: list[float | None] = []
     for t, data in enumerate(marketplaces):
         old = [m.spec for m in marketplaces[:t]]
         translated = list(translated_for(data, old)) if (translated_for and old and method.wants_translation) else []
@@ -167,6 +176,9 @@ def run_protocol(
         scores = {m.spec.id: roc_auc(m.test.labels, method.predict_proba(m.spec.id, m.test))
                   for m in marketplaces[: t + 1]}
         matrix[t, : t + 1] = [scores[m.spec.id] for m in marketplaces[: t + 1]]
+        valid_matrix[t, : t + 1] = [roc_auc(m.valid.labels, method.predict_proba(m.spec.id, m.valid))
+                                    for m in marketplaces[: t + 1]]
+        own.append(method.own_attention(data))
         log.info("after %s: %s", data.spec.id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if on_arrival is not None:
             on_arrival(t, scores)
@@ -180,4 +192,6 @@ def run_protocol(
         trainable_parameters=method.trainable_parameters(),
         total_parameters=method.total_parameters(),
         breaks_no_replay=method.breaks_no_replay,
+        valid_metrics=continual_metrics(valid_matrix, [m.spec.id for m in marketplaces]),
+        own_attention=own,
     )

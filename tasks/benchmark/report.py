@@ -252,8 +252,27 @@ def report_markdown(summary: BenchmarkSummary, figures: Mapping[str, Any], cfg: 
         if summary.translation_missing:
             lines += ["**Warning**: no translation was available for some language pairs on this machine, so those "
                       "runs distilled on D_t itself; their points are not translation results.", ""]
+    lines += _attention_lines(records)
     lines += _performance_lines(summary, figures)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _attention_lines(records: Sequence[RunRecord]) -> list[str]:
+    """Per fused method and arrival: the mean fusion attention the new adapter gets on its own language's test
+    text (mean over seeds). Near 0, the model serves that language through the old adapters."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if not r.main:
+            continue
+        for t, share in enumerate(r.own_attention):
+            if share is not None:
+                rows.setdefault(r.method, {}).setdefault(f"t={t + 1} ({r.order[t]})", []).append(share)
+    if not rows:
+        return []
+    table = pd.DataFrame({m: {k: float(np.mean(v)) for k, v in cols.items()} for m, cols in rows.items()}).T
+    return ["## Fusion attention on the new marketplace's own adapter", "",
+            "Mean attention the adapter of the marketplace that just arrived receives on its own test text, per "
+            "arrival (mean over seeds; 1/t would be uniform).", "", markdown_table(table, "method", "{:.3f}"), ""]
 
 
 def write_report(out: Path, records: Sequence[RunRecord], cfg: BenchmarkConfig | None = None,

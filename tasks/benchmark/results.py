@@ -72,6 +72,9 @@ class RunRecord:
     translation_seconds: float = 0.0
     translated_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # new id -> old language -> rows
     finished_at: float = 0.0
+    valid_matrix: list[list[float | None]] = field(default_factory=list)  # R on validation sets (defaults are chosen
+    valid_average: float | None = None  # on these, never on test)
+    own_attention: list[float | None] = field(default_factory=list)  # per arrival: the new adapter's attention share
 
     @property
     def train_seconds(self) -> float:
@@ -113,7 +116,17 @@ class RunRecord:
             translation_seconds=float(translation_seconds),
             translated_rows={k: dict(v) for k, v in (translated_rows or {}).items()},
             finished_at=time.time(),
+            **_valid(result),
         )
+
+
+def _valid(result: Any) -> dict[str, Any]:
+    valid = getattr(result, "valid_metrics", None)
+    if valid is None:
+        return {}
+    return {"valid_matrix": [[None if (v is None or math.isnan(v)) else float(v) for v in row]
+                             for row in np.asarray(valid.matrix)], "valid_average": float(valid.average),
+            "own_attention": list(getattr(result, "own_attention", None) or [])}
 
 
 class ResultsFile:

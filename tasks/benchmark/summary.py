@@ -79,6 +79,7 @@ def _stats(main: Sequence[RunRecord], methods: list[str], marketplaces: list[str
         row: dict[str, float] = {"runs": len(runs)}
         series = {f"auc.{m}": [r.final.get(m, np.nan) for r in runs] for m in marketplaces}
         series.update(average=[r.average for r in runs], bwt=[r.bwt for r in runs],
+                      valid_average=[np.nan if r.valid_average is None else r.valid_average for r in runs],
                       forgetting=[r.forgetting for r in runs], train_seconds=[r.train_seconds for r in runs],
                       translation_seconds=[r.translation_seconds for r in runs])
         for name, values in series.items():
@@ -103,6 +104,7 @@ def _table(main: Sequence[RunRecord], methods: list[str], marketplaces: list[str
             "average": mean_std([r.average for r in runs]),
             "BWT": mean_std([r.bwt for r in runs]),
             "forgetting": mean_std([r.forgetting for r in runs]),
+            "valid average": mean_std([np.nan if r.valid_average is None else r.valid_average for r in runs]),
             "trainable params": f"{human_count(trainable)} ({100 * trainable / total:.1f}%)" if total else "–",
             "train time (s)": mean_std([r.train_seconds for r in runs], digits=1),
             "runs": str(len(runs)),

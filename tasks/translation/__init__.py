@@ -18,7 +18,7 @@ from tasks.translation.errors import (
     TranslationError,
 )
 from tasks.translation.languages import normalize_language
-from tasks.translation.routing import Route, find_route
+from tasks.translation.routing import Route, arrival_routes, find_route
 from tasks.translation.subset import select_subset
 from tasks.translation.translate import (
     TranslatedSubsets,
@@ -29,6 +29,6 @@ from tasks.translation.translate import (
 __all__ = [
     "BACKEND_NAMES", "ApertiumBackend", "CTranslate2Backend", "ModelUnavailableError", "NoRouteError", "OpusMTBackend",
     "Pair", "Route", "TranslatedSubsets", "TranslationBackend", "TranslationCache", "TranslationError",
-    "TranslationReport", "build_backends", "convert_opus_mt", "find_route",
+    "TranslationReport", "arrival_routes", "build_backends", "convert_opus_mt", "find_route",
     "normalize_language", "parse_model_specs", "select_subset", "translate_subset",
 ]

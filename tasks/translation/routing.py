@@ -91,3 +91,16 @@ def no_route_error(source: str, target: str, backends: Sequence[TranslationBacke
     if hints:
         text += " To add it, install one of: " + "; ".join(hints) + "."
     return NoRouteError(text)
+
+
+def arrival_routes(languages: Sequence[str], backends: Sequence[TranslationBackend]) -> dict[tuple[str, str], str]:
+    """For marketplaces arriving in the order of ``languages``: the route of each (new, older) language pair on
+    this machine, or ``none (§4.2)``; what an operator reads before a sequence starts (no model is loaded)."""
+    out: dict[tuple[str, str], str] = {}
+    for t, new in enumerate(languages):
+        for old in dict.fromkeys(languages[:t]):
+            if old == new:
+                continue
+            route = find_route(new, old, backends) or direct_fallback(new, old, backends)
+            out[(new, old)] = f"{route} ({route.backends})" if route is not None else "none (§4.2)"
+    return out
