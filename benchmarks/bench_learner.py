@@ -35,11 +35,7 @@ from models.relevance import RelevanceModel  # noqa: E402
 from models.stages import distill_fusion, train_language_adapter  # noqa: E402
 from tasks.config import build  # noqa: E402
 from tasks.data import generate_demo, load_data_root  # noqa: E402
-from tasks.learner import (  # noqa: E402
-    marketplace_splits,
-    resolve_settings_encoder,
-    translated_source,
-)
+from tasks.learner import marketplace_splits, resolve_settings_encoder, translated_source  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
 
 

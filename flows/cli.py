@@ -8,16 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import (
-    arrive,
-    benchmark,
-    data,
-    demo,
-    encoder,
-    settings,
-    train,
-    translate,
-)
+from flows.commands import arrive, benchmark, data, demo, encoder, settings, train, translate
 
 app = typer.Typer(
     name="mcl",

@@ -29,14 +29,7 @@ import transformers
 from adapters import AutoAdapterModel, Fuse, SeqBnConfig, Stack
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from models.adapter_parts import (
-    bottleneck_parameters,
-    head_module,
-    load_state,
-    parameters_in,
-    parts,
-    state_of,
-)
+from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
 from models.device import autocast, resolve_device
 from models.fusion_attention import fusion_modules
 from models.pairs import Batch, Pairs, batches, encode_pairs

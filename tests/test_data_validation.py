@@ -12,13 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tasks.data import (
-    DataValidationError,
-    load_marketplace,
-    read_table,
-    validate_language,
-    validate_table,
-)
+from tasks.data import DataValidationError, load_marketplace, read_table, validate_language, validate_table
 
 HEADER = "query,product_title,label\n"
 GOOD_ROWS = ["red shoe,Red running shoe,1", "blue cup,Blue ceramic cup,1", "red shoe,Blue ceramic cup,0",

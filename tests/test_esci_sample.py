@@ -7,13 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.data import (
-    DataValidationError,
-    load_esci,
-    load_marketplace,
-    read_table,
-    validate_table,
-)
+from tasks.data import DataValidationError, load_esci, load_marketplace, read_table, validate_table
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "esci-sample"
 needs_sample = pytest.mark.skipif(not SHARED_SAMPLE.is_dir(), reason="../shared/data/esci-sample is not present")

@@ -8,12 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from tasks.data import (
-    DataValidationError,
-    load_data_root,
-    load_marketplace_dir,
-    read_table,
-)
+from tasks.data import DataValidationError, load_data_root, load_marketplace_dir, read_table
 
 BUCKET = "mcl-data"
 TABLE = pd.DataFrame({"query": ["rote tasche", "rote tasche", "laufschuhe", "laufschuhe"],

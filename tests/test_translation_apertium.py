@@ -8,13 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from tasks.translation import (
-    ApertiumBackend,
-    NoRouteError,
-    Pair,
-    find_route,
-    translate_subset,
-)
+from tasks.translation import ApertiumBackend, NoRouteError, Pair, find_route, translate_subset
 from tasks.translation.backends.apertium import mode_pair
 
 needs_apertium = pytest.mark.skipif(shutil.which("apertium") is None, reason="apertium is not installed")

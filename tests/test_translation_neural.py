@@ -9,19 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.translation import (
-    CTranslate2Backend,
-    ModelUnavailableError,
-    OpusMTBackend,
-    Pair,
-    convert_opus_mt,
-)
+from tasks.translation import CTranslate2Backend, ModelUnavailableError, OpusMTBackend, Pair, convert_opus_mt
 from tasks.translation.backends.base import decode_limit
-from tasks.translation.backends.registry import (
-    build_backends,
-    model_kind,
-    parse_model_specs,
-)
+from tasks.translation.backends.registry import build_backends, model_kind, parse_model_specs
 from tasks.translation.tiny_marian import build_tiny_marian
 
 ES_EN = Pair("es", "en")

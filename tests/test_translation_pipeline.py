@@ -9,14 +9,7 @@ import pandas as pd
 import pytest
 
 from tasks.data import DataValidationError
-from tasks.translation import (
-    NoRouteError,
-    OpusMTBackend,
-    Pair,
-    TranslationCache,
-    find_route,
-    translate_subset,
-)
+from tasks.translation import NoRouteError, OpusMTBackend, Pair, TranslationCache, find_route, translate_subset
 from tasks.translation.backends.base import ModelInfo
 from tasks.translation.tiny_marian import build_tiny_marian
 

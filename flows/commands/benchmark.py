@@ -21,7 +21,7 @@ def benchmark(
     data: Annotated[Optional[Path], typer.Option(help="Data root holding one folder per marketplace (<data>/<id>/train.parquet ...), e.g. from `mcl data demo`.")] = None,
     esci_examples: Annotated[Optional[str], typer.Option(help="ESCI examples table (instead of --data); the order names locales.")] = None,
     esci_products: Annotated[Optional[str], typer.Option(help="ESCI products table (omit when the examples carry product columns).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Methods, comma separated (default: all): ad, ad-no-translation, fusion-no-distill, adapter-only, joint-fusion, sm, seq-ft, ewc, lwf, hat, replay.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Methods, comma separated (default: all): ad, ad-no-translation, fusion-no-distill, adapter-only, probe, joint-fusion, sm, seq-ft, ewc, lwf, hat, replay.")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder: hub id, local folder, or the embedded default.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Benchmark preset (tasks/presets/benchmark/): cpu (default) or quick.")] = None,
     quick: Annotated[bool, typer.Option(help="A smoke run: --preset quick (1 seed, 64 pairs, 1 epoch per stage, sweep 0,0.3).")] = False,

@@ -42,13 +42,7 @@ def validate(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (MinIO); default from settings.")] = None,
 ) -> None:
     """Check data against the contract; print rows, label balance, columns and warnings, or the one error (exit 1)."""
-    from tasks.data import (
-        DataValidationError,
-        load_marketplace_dir,
-        read_table,
-        validate_language,
-        validate_table,
-    )
+    from tasks.data import DataValidationError, load_marketplace_dir, read_table, validate_language, validate_table
 
     try:
         if _is_table_file(path):

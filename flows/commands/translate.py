@@ -60,13 +60,7 @@ def translate(
     """
     configure_logging(verbose)
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tasks.config import entry_learner
     from tasks.data import DataValidationError, read_table

@@ -7,20 +7,8 @@ ROC-AUC matrix, time per arrival and parameter counts. The adapter-based methods
 ``full_model``, with EWC/LwF losses in ``regularizers``), HAT in ``hat``.
 """
 
-from models.methods.catalog import (
-           METHOD_PRESETS,
-           METHODS,
-           describe_method,
-           method_class,
-           run_method,
-)
-from models.methods.protocol import (
-           ContinualMethod,
-           MarketplaceSplits,
-           MethodResult,
-           TranslatedFor,
-           run_protocol,
-)
+from models.methods.catalog import METHOD_PRESETS, METHODS, describe_method, method_class, run_method
+from models.methods.protocol import ContinualMethod, MarketplaceSplits, MethodResult, TranslatedFor, run_protocol
 
 __all__ = ["METHODS", "METHOD_PRESETS", "ContinualMethod", "MarketplaceSplits", "MethodResult", "TranslatedFor",
            "describe_method", "method_class", "run_method", "run_protocol"]

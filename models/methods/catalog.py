@@ -10,11 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from models.methods.adapter_fusion import (
-    AdapterOnly,
-    AttentionDistillation,
-    JointFusion,
-)
+from models.methods.adapter_fusion import AdapterOnly, AttentionDistillation, JointFusion
 from models.methods.fine_tuning import (
     ElasticWeightConsolidation,
     LearningWithoutForgetting,
@@ -24,13 +20,7 @@ from models.methods.fine_tuning import (
 )
 from models.methods.hat import HardAttentionToTask
 from models.methods.probe import LinearProbe
-from models.methods.protocol import (
-    ContinualMethod,
-    MarketplaceSplits,
-    MethodResult,
-    TranslatedFor,
-    run_protocol,
-)
+from models.methods.protocol import ContinualMethod, MarketplaceSplits, MethodResult, TranslatedFor, run_protocol
 
 if TYPE_CHECKING:
     from models.config import BaselinesConfig, LearnerConfig

@@ -19,12 +19,7 @@ import numpy as np
 import torch
 
 from models.methods.full_model import ExtraLoss, FullModel
-from models.methods.protocol import (
-    ContinualMethod,
-    MarketplaceSplits,
-    concat_pairs,
-    subsample_pairs,
-)
+from models.methods.protocol import ContinualMethod, MarketplaceSplits, concat_pairs, subsample_pairs
 from models.methods.regularizers import EWCPenalty, estimate_fisher, lwf_loss
 from models.pairs import EncodedPairs, Pairs
 from models.stages import StageReport

@@ -21,11 +21,7 @@ from tasks.benchmark.config import BenchmarkConfig, RunSpec, plan_runs
 from tasks.benchmark.results import ResultsFile, RunRecord
 from tasks.config import build
 from tasks.hashing import table_hash
-from tasks.learner import (
-    marketplace_splits,
-    to_pairs,
-    translated_source,
-)
+from tasks.learner import marketplace_splits, to_pairs, translated_source
 from tasks.translation.subset import select_subset
 
 if TYPE_CHECKING:

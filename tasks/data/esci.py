@@ -10,19 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.data.contract import (
-    ESCI_LOCALE_LANGUAGE,
-    SPLITS,
-    DataValidationError,
-    Marketplace,
-)
+from tasks.data.contract import ESCI_LOCALE_LANGUAGE, SPLITS, DataValidationError, Marketplace
 from tasks.data.readers import PathLike, location, read_table
-from tasks.data.validation import (
-    leakage_warnings,
-    validate_language,
-    validate_marketplace_id,
-    validate_table,
-)
+from tasks.data.validation import leakage_warnings, validate_language, validate_marketplace_id, validate_table
 
 EXAMPLE_COLUMNS = ("query_id", "query", "product_id", "product_locale", "esci_label", "split")
 PRODUCT_COLUMNS = ("product_id", "product_locale", "product_title")

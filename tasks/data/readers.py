@@ -22,19 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.contract import (
-    MARKETPLACE_FILE,
-    SPLITS,
-    TABLE_SUFFIXES,
-    DataValidationError,
-    Marketplace,
-)
-from tasks.data.validation import (
-    leakage_warnings,
-    validate_language,
-    validate_marketplace_id,
-    validate_table,
-)
+from tasks.data.contract import MARKETPLACE_FILE, SPLITS, TABLE_SUFFIXES, DataValidationError, Marketplace
+from tasks.data.validation import leakage_warnings, validate_language, validate_marketplace_id, validate_table
 
 PathLike = str | os.PathLike
 TableSource = PathLike | pd.DataFrame
@@ -88,11 +77,7 @@ def _s3_client(endpoint: str | None):
 
 
 def _s3_error(path: str, endpoint: str | None, err: Exception) -> DataValidationError:
-    from botocore.exceptions import (
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-    )
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     where = endpoint or "AWS"
     if isinstance(err, NoCredentialsError):

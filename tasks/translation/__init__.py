@@ -12,19 +12,11 @@ from tasks.translation.backends import (
     parse_model_specs,
 )
 from tasks.translation.cache import TranslationCache
-from tasks.translation.errors import (
-    ModelUnavailableError,
-    NoRouteError,
-    TranslationError,
-)
+from tasks.translation.errors import ModelUnavailableError, NoRouteError, TranslationError
 from tasks.translation.languages import normalize_language
 from tasks.translation.routing import Route, arrival_routes, find_route
 from tasks.translation.subset import select_subset
-from tasks.translation.translate import (
-    TranslatedSubsets,
-    TranslationReport,
-    translate_subset,
-)
+from tasks.translation.translate import TranslatedSubsets, TranslationReport, translate_subset
 
 __all__ = [
     "BACKEND_NAMES", "ApertiumBackend", "CTranslate2Backend", "ModelUnavailableError", "NoRouteError", "OpusMTBackend",

@@ -18,12 +18,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-from tasks.translation.backends.base import (
-    BatchTranslation,
-    ModelInfo,
-    Pair,
-    TranslationBackend,
-)
+from tasks.translation.backends.base import BatchTranslation, ModelInfo, Pair, TranslationBackend
 from tasks.translation.errors import ModelUnavailableError, TranslationError
 from tasks.translation.languages import normalize_language
 

@@ -26,11 +26,7 @@ from tasks.translation.backends.base import (
     folder_fingerprint,
     length_sorted_batches,
 )
-from tasks.translation.backends.hub import (
-    cached_opus_mt_models,
-    fetch_opus_mt,
-    is_hub_id,
-)
+from tasks.translation.backends.hub import cached_opus_mt_models, fetch_opus_mt, is_hub_id
 from tasks.translation.errors import ModelUnavailableError
 from tasks.translation.languages import normalize_language
 

@@ -18,13 +18,7 @@ from tasks.translation.backends.base import (
     folder_fingerprint,
     length_sorted_batches,
 )
-from tasks.translation.backends.hub import (
-    cached_opus_mt_models,
-    cached_snapshot,
-    fetch_opus_mt,
-    is_hub_id,
-    opus_mt_id,
-)
+from tasks.translation.backends.hub import cached_opus_mt_models, cached_snapshot, fetch_opus_mt, is_hub_id, opus_mt_id
 from tasks.translation.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)

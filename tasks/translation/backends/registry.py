@@ -7,11 +7,7 @@ from pathlib import Path
 
 from tasks.translation.backends.apertium import ApertiumBackend
 from tasks.translation.backends.base import Pair, TranslationBackend
-from tasks.translation.backends.ctranslate2 import (
-    ARGOS_SUFFIX,
-    CTranslate2Backend,
-    argos_pair,
-)
+from tasks.translation.backends.ctranslate2 import ARGOS_SUFFIX, CTranslate2Backend, argos_pair
 from tasks.translation.backends.hub import opus_mt_pair
 from tasks.translation.backends.opus_mt import OpusMTBackend
 from tasks.translation.languages import normalize_language, parse_pair
