@@ -65,7 +65,7 @@ class Args:
     data: str = ""  # a data root; empty: generate the demo data
     order: str = "en,es,fr"
     variants: str = "default,renorm,warm"
-    preset: str = "demo"  # the learner preset every variant starts from
+    preset: str = ""  # the learner preset every variant starts from; empty: the benchmark's (benchmark/cpu)
     set: str = ""  # extra overrides for every variant, comma separated (fusion.epochs=3,max_length=32)
     pairs: int = 400  # train pairs per marketplace (0: all)
     eval_pairs: int = 400  # valid and test pairs per marketplace (0: all)
@@ -74,7 +74,9 @@ class Args:
 
 def _learner(args: Args, variant: str) -> LearnerConfig:
     preset, overrides = VARIANTS[variant]
-    base = build(LearnerConfig, preset=args.preset, overrides=[s for s in args.set.split(",") if s])
+    start = {} if args.preset else benchmark_config(("a", "b")).learner.model_dump()
+    base = build(LearnerConfig, base=start, preset=args.preset or None,
+                 overrides=[s for s in args.set.split(",") if s])
     return build(LearnerConfig, base=base.model_dump(), preset=preset, overrides=parse_overrides(overrides))
 
 
@@ -85,7 +87,7 @@ def main(args: Args) -> dict:
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp()) / "demo"
     if not args.data:
         generate_demo(root, languages=tuple(ids), seed=13)
-    cfg = benchmark_config(ids, ["ad"], preset=None, max_train_pairs=args.pairs, max_eval_pairs=args.eval_pairs)
+    cfg = benchmark_config(ids, ["ad"], max_train_pairs=args.pairs, max_eval_pairs=args.eval_pairs)
     data = BenchmarkData.load(root, cfg)
     translations = Translations(data, cfg.learner.translation.backend, settings.cache_dir / "translations")
     results = {}
