@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from models.config import LearnerConfig  # noqa: E402
 from models.methods import run_method  # noqa: E402
 from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config  # noqa: E402
-from tasks.config import build, parse_overrides  # noqa: E402
+from tasks.config import BENCHMARK_PRESET, build, parse_overrides, read_preset  # noqa: E402
 from tasks.data import generate_demo  # noqa: E402
 from tasks.learner import resolve_settings_encoder  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
@@ -74,7 +74,7 @@ class Args:
 
 def _learner(args: Args, variant: str) -> LearnerConfig:
     preset, overrides = VARIANTS[variant]
-    start = {} if args.preset else benchmark_config(("a", "b")).learner.model_dump()
+    start = {} if args.preset else read_preset(BENCHMARK_PRESET, "benchmark").get("learner", {})
     base = build(LearnerConfig, base=start, preset=args.preset or None,
                  overrides=[s for s in args.set.split(",") if s])
     return build(LearnerConfig, base=base.model_dump(), preset=preset, overrides=parse_overrides(overrides))

@@ -154,11 +154,7 @@ def run_configs(entry: str, *, preset: str | None = None, file: str | Path | Non
     given = parse_overrides(overrides)
     gate_values = merge(file_values.pop("gate", {}), given.pop("gate", {}))
     learner = build(LearnerConfig, preset=preset or ENTRY_PRESETS[entry], overrides=merge(file_values, given))
-    try:
-        gate = GateConfig.model_validate(gate_values)
-    except ValidationError as err:
-        raise ConfigError(describe(err, "gate")) from None
-    return learner, gate
+    return learner, validate(GateConfig, gate_values, "gate")
 
 
 def entry_learner(entry: str) -> LearnerConfig:

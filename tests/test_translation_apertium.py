@@ -89,7 +89,7 @@ def test_routes_french_to_english_through_spanish(apertium, tmp_path):
         "product_title": ["chaussures de course pour homme", "sac à dos bleu", "bouteille d'eau en acier", "lampe"],
         "label": [1, 0, 1, 0],
     })
-    result = translate_subset(data, "fr", ["en", "es"], fraction=1.0, backend="apertium", cache_dir=tmp_path)
+    result = translate_subset(data, "fr", ["en", "es"], fraction=1.0, seed=13, backend="apertium", cache_dir=tmp_path)
     en = result["en"]
     assert en["translation_route"].unique().tolist() == ["fr>es>en"]
     assert en["translation_backend"].unique().tolist() == ["apertium"]
@@ -107,7 +107,7 @@ def test_routes_french_to_english_through_spanish(apertium, tmp_path):
 def test_missing_pair_fails_before_any_work_listing_pairs_and_packages(apertium, tmp_path):
     data = pd.DataFrame({"query": ["hola"], "product_title": ["mundo"], "label": [1]})
     with pytest.raises(NoRouteError) as err:
-        translate_subset(data, "es", ["en", "ja"], backend="apertium", cache_dir=tmp_path)
+        translate_subset(data, "es", ["en", "ja"], fraction=0.3, seed=13, backend="apertium", cache_dir=tmp_path)
     message = str(err.value)
     assert "from 'es' to 'ja'" in message
     assert "es-en (apertium)" in message and "fr-es (apertium)" in message
@@ -119,7 +119,7 @@ def test_missing_pair_fails_before_any_work_listing_pairs_and_packages(apertium,
     if lacking:
         lang, package = lacking[0]
         with pytest.raises(NoRouteError, match=f"apt-get install {package}"):
-            translate_subset(data, "es", [lang], backend="apertium")
+            translate_subset(data, "es", [lang], fraction=0.3, seed=13, backend="apertium")
 
 
 @needs_apertium

@@ -53,7 +53,7 @@ def _backend(models, *pairs: str) -> CountingOpusMT:
 def test_translated_tables_keep_labels_ids_and_record_provenance(models, tmp_path):
     data = _table()
     backend = _backend(models, "es-en")
-    result = translate_subset(data, "es", ["en"], fraction=1.0, backend=[backend], cache_dir=tmp_path)
+    result = translate_subset(data, "es", ["en"], fraction=1.0, seed=13, backend=[backend], cache_dir=tmp_path)
     en, report = result["en"], result.reports["en"]
     assert list(result) == ["en"]
     assert en[["query_id", "product_id", "label"]].equals(data[["query_id", "product_id", "label"]])
@@ -78,10 +78,10 @@ def test_translated_tables_keep_labels_ids_and_record_provenance(models, tmp_pat
 def test_rerun_and_retry_translate_nothing_twice(models, tmp_path):
     data = _table()
     first_backend = _backend(models, "es-en")
-    first = translate_subset(data, "es", "en", fraction=1.0, backend=[first_backend], cache_dir=tmp_path)
+    first = translate_subset(data, "es", "en", fraction=1.0, seed=13, backend=[first_backend], cache_dir=tmp_path)
     assert len(first_backend.sent) == first.reports["en"].unique_texts
     rerun_backend = _backend(models, "es-en")
-    again = translate_subset(data, "es", "en", fraction=1.0, backend=[rerun_backend], cache_dir=tmp_path)
+    again = translate_subset(data, "es", "en", fraction=1.0, seed=13, backend=[rerun_backend], cache_dir=tmp_path)
     assert rerun_backend.sent == [] and again.reports["en"].translated == 0
     assert again.reports["en"].cache_hits == first.reports["en"].unique_texts
     assert again["en"].equals(first["en"])
@@ -90,10 +90,10 @@ def test_rerun_and_retry_translate_nothing_twice(models, tmp_path):
 
 def test_cache_is_keyed_by_model_version(models, tmp_path):
     data = _table().head(6)
-    translate_subset(data, "es", "en", fraction=1.0, backend=[_backend(models, "es-en")], cache_dir=tmp_path)
+    translate_subset(data, "es", "en", fraction=1.0, seed=13, backend=[_backend(models, "es-en")], cache_dir=tmp_path)
     (models["es-en"] / "generation_config.json").touch()  # a new model version
     backend = _backend(models, "es-en")
-    translate_subset(data, "es", "en", fraction=1.0, backend=[backend], cache_dir=tmp_path)
+    translate_subset(data, "es", "en", fraction=1.0, seed=13, backend=[backend], cache_dir=tmp_path)
     assert backend.sent, "a different model version must not reuse old translations"
 
 
@@ -102,12 +102,12 @@ def test_routes_through_an_intermediate_language_and_reuses_hops(models, tmp_pat
     route = find_route("fr", "en", [backend])
     assert str(route) == "fr>es>en"
     data = _table().head(12)
-    result = translate_subset(data, "fr", ["es", "en", "de"], fraction=1.0, backend=[backend], cache_dir=tmp_path)
+    result = translate_subset(data, "fr", ["es", "en", "de"], fraction=1.0, seed=13, backend=[backend], cache_dir=tmp_path)
     assert [result[t]["translation_route"].iloc[0] for t in ("es", "en", "de")] == ["fr>es", "fr>es>en", "fr>es>de"]
     n = result.reports["es"].unique_texts
     assert result.reports["en"].cache_hits == n and result.reports["de"].cache_hits == n  # fr>es done once
     # the en table is exactly es->en applied to the es table
-    direct = translate_subset(result["es"].assign(query_id=data["query_id"]), "es", "en", fraction=1.0,
+    direct = translate_subset(result["es"].assign(query_id=data["query_id"]), "es", "en", fraction=1.0, seed=13,
                               backend=[backend], cache_dir=tmp_path)
     assert direct["en"]["query"].tolist() == result["en"]["query"].tolist()
 
@@ -115,11 +115,11 @@ def test_routes_through_an_intermediate_language_and_reuses_hops(models, tmp_pat
 def test_same_language_is_copied_and_unknown_pairs_fail_first(models, tmp_path):
     data = _table().head(6)
     backend = _backend(models, "es-en")
-    result = translate_subset(data, "es", ["es"], fraction=1.0, backend=[backend])
+    result = translate_subset(data, "es", ["es"], fraction=1.0, seed=13, backend=[backend])
     assert result["es"]["query"].tolist() == data["query"].tolist() and backend.sent == []
     assert set(result["es"]["translation_backend"]) == {"identity"}
     with pytest.raises(NoRouteError, match=r"from 'es' to 'ja'.*Available pairs: es-en \(opus-mt\).*opus-mt-es-ja"):
-        translate_subset(data, "es", ["en", "ja"], backend=[backend], cache_dir=tmp_path)
+        translate_subset(data, "es", ["en", "ja"], fraction=0.3, seed=13, backend=[backend], cache_dir=tmp_path)
     assert backend.sent == [] and not (tmp_path / "translations.sqlite3").exists()
 
 
@@ -132,7 +132,8 @@ def test_same_language_is_copied_and_unknown_pairs_fail_first(models, tmp_path):
 def test_bad_input_is_one_error_naming_file_row_and_column(models, tmp_path, change, row, column, fragment):
     backend = _backend(models, "es-en")
     with pytest.raises(DataValidationError) as err:
-        translate_subset(change(_table()), "es", ["en"], backend=[backend], cache_dir=tmp_path, source_name="es/train.csv")
+        translate_subset(change(_table()), "es", ["en"], fraction=0.3, seed=13, backend=[backend], cache_dir=tmp_path,
+                         source_name="es/train.csv")
     assert (err.value.file, err.value.row, err.value.column) == ("es/train.csv", row, column)
     assert fragment in str(err.value) and str(err.value).startswith("es/train.csv: ")
     assert backend.sent == []
@@ -143,7 +144,8 @@ def test_bad_input_is_one_error_naming_file_row_and_column(models, tmp_path, cha
     ({"target_langs": []}, "no target language"), ({"backend": "babelfish"}, "unknown translation backend"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
-    args = {"data": _table(), "source_lang": "es", "target_langs": ["en"], **kwargs}
+    args = {"data": _table(), "source_lang": "es", "target_langs": ["en"], "fraction": 0.3, "seed": 13,
+            "backend": "auto", **kwargs}
     with pytest.raises(ValueError, match=message):
         translate_subset(**args)
 

@@ -21,6 +21,7 @@ import typer
 
 from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console
+from tasks.config import ENTRY_PRESETS
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class DemoSize:
 
 # Both keep ~55% of the pairs for training (full: ~600 train, ~110 valid, ~385 test pairs per marketplace); quick
 # mostly shows the machinery.
-QUICK = DemoSize(pairs=360, preset="demo-quick", test_fraction=0.3)
-FULL = DemoSize(pairs=1100, preset="demo")
+QUICK = DemoSize(pairs=360, preset=ENTRY_PRESETS["demo-quick"], test_fraction=0.3)
+FULL = DemoSize(pairs=1100, preset=ENTRY_PRESETS["demo"])
 
 
 #: The Debian packages of the Apertium pairs the project routes through (the Makefile's `translators` target).

@@ -181,10 +181,10 @@ def translate_subset(
     data: pd.DataFrame,
     source_lang: str,
     target_langs: Sequence[str] | str,
-    fraction: float = 0.3,
-    seed: int = 13,
-    backend: str | Sequence[TranslationBackend] = "auto",
     *,
+    fraction: float,
+    seed: int,
+    backend: str | Sequence[TranslationBackend],
     cache_dir: Path | None = None,
     models: Mapping[str, str | Path] | Iterable[str | Path] = (),
     device: str = "auto",
@@ -196,7 +196,8 @@ def translate_subset(
     progress: ProgressCallback | None = None,
 ) -> TranslatedSubsets:
     """Translate ``fraction`` of ``data`` (whole queries, label ratio kept, deterministic by ``seed``)
-    from ``source_lang`` into each of ``target_langs``.
+    from ``source_lang`` into each of ``target_langs``. The fraction, seed and backend have no defaults here:
+    they are the learner's ``translation``/``seed`` settings (``models.config``), passed by every caller.
 
     Returns one table per target language: the chosen rows with ``columns`` translated, every other
     column kept, the source texts in ``original_<column>``, and provenance columns
