@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import LearnerConfig  # noqa: E402
-from models.pairs import Pairs  # noqa: E402
+from models.pairs import Pairs, TextFormat  # noqa: E402
 from models.relevance import RelevanceModel  # noqa: E402
 from models.stages import distill_fusion, train_language_adapter  # noqa: E402
 from tasks.config import build  # noqa: E402
@@ -71,7 +71,7 @@ def _setup(args: Args):
     if not args.data:
         generate_demo(root, languages=tuple(ids), pairs_per_marketplace=max(1000, 3 * args.train_pairs), seed=13)
     splits = [marketplace_splits(m) for m in load_data_root(root, ids)]
-    model = RelevanceModel.create(encoder, max_length=args.max_length, device=args.device)
+    model = RelevanceModel.create(encoder, text=TextFormat.of(_learner(args)), device=args.device)
     for old in splits[:-1]:
         model.add_marketplace(old.spec)
     model.fusion = model.add_fusion(model.adapter_names)  # the teacher Ψ_{t-1}

@@ -5,12 +5,14 @@ benchmark (``models.methods.run_method``) on the same data, seeds and encoder; t
 depend on these options, so the in-process adapter bank trains each once and every variant reuses it.
 Variants are learner presets or ``--set``-style overrides on top of ``--preset`` (``VARIANTS`` below): ω as
 the raw slice, renormalised, or per batch source; L_AD summed or averaged over layers; λ; Ψ_t warm-started;
-the fusion head random; distinct initialisation seeds per adapter/fusion; adapter capacity; learning rates
-and epochs; early stopping on every kept validation set; plain fusion; the §4.2 variant; the paper's recipe.
+the fusion head random; distinct initialisation seeds per adapter/fusion; adapter capacity; the heads' pooling
+and e5's prefixes; learning rates and epochs; early stopping on every kept validation set; plain fusion; the §4.2
+variant; the paper's recipe.
 Each variant reports validation ROC-AUC too, which is what a default is chosen on.
 "No forgetting" is read off the matrix: R[T][k] against R[k][k], the score right after k was learned.
 
     python benchmarks/bench_options.py --variants default,renorm,warm --pairs 400 --out bench-options.json
+    python benchmarks/bench_options.py --merge seed13.json,seed14.json --out table.md   # mean ± std over seeds
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "fusion-lr-3e-4": (None, ["fusion.learning_rate=3e-4"]),
     "fusion-epochs-4": (None, ["fusion.epochs=4"]),
     "stop-on-kept": (None, ["early_stopping=kept"]),
+    "mean-pool": (None, ["pooling=mean"]),
+    "e5-input": ("e5-input", []),
     "no-ad": ("fusion-no-distill", []),
     "no-translation": ("ad-no-translation", []),
     "paper": ("paper", []),
@@ -70,6 +74,7 @@ class Args:
     pairs: int = 400  # train pairs per marketplace (0: all)
     eval_pairs: int = 400  # valid and test pairs per marketplace (0: all)
     out: str = ""
+    merge: str = ""  # comma-separated JSON files of earlier runs: print (and --out) their mean ± std table instead
 
 
 def _learner(args: Args, variant: str) -> LearnerConfig:
@@ -102,7 +107,8 @@ def main(args: Args) -> dict:
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
         m = result.metrics
         results[name] = {**m.as_dict(), "valid_average": result.valid_metrics.average, "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
-                         "translated_rows": rows, "drift_from_learned": drift, "learner": learner.model_dump()}
+                         "translated_rows": rows, "drift_from_learned": drift, "own_attention": result.own_attention,
+                         "learner": learner.model_dump()}
         print(f"\n== {name} ({results[name]['seconds']:.0f}s)")
         for t, row in enumerate(r):
             print(f"  after {ids[t]:4s} " + "  ".join("  -   " if np.isnan(v) else f"{v:.4f}" for v in row))
@@ -123,6 +129,39 @@ def main(args: Args) -> dict:
     return summary
 
 
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def merge(files: list[str]) -> str:
+    """One table over runs made separately (one per seed or dataset, so each fits a session): mean ± std over
+    seeds of every (data, base settings, variant). Validation comes first because defaults are chosen on it."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for file in files:
+        run = json.loads(Path(file).read_text())
+        base = ",".join(s for s in run["args"]["set"].split(",") if s and not s.startswith("seed="))
+        data = Path(run["args"]["data"]).name or "demo (generated)"
+        for name, result in run["variants"].items():
+            groups.setdefault((data, base or "-", name), []).append(result)
+    lines = ["| data | base settings | variant | seeds | average (validation) | average (test) | BWT "
+             "| worst old marketplace vs just learned | own-adapter attention (lowest arrival) | time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (data, base, name), results in sorted(groups.items()):
+        own = [min(a for a in r["own_attention"] if a is not None) for r in results if r.get("own_attention")]
+        lines.append(f"| {data} | `{base}` | {name} | {len(results)} "
+                     f"| {_mean_std([r['valid_average'] for r in results])} "
+                     f"| {_mean_std([r['average'] for r in results])} | {_mean_std([r['bwt'] for r in results])} "
+                     f"| {_mean_std([min(r['drift_from_learned']) for r in results])} "
+                     f"| {_mean_std(own) if own else '-'} | {np.mean([r['seconds'] for r in results]):.0f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     (parsed,) = HfArgumentParser(Args).parse_args_into_dataclasses()
-    main(parsed)
+    if parsed.merge:
+        table = merge(parsed.merge.split(","))
+        print(table)
+        if parsed.out:
+            Path(parsed.out).write_text(table + "\n")
+    else:
+        main(parsed)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import LearnerConfig  # noqa: E402
-from models.pairs import Pairs  # noqa: E402
+from models.pairs import Pairs, TextFormat  # noqa: E402
 from models.relevance import RelevanceModel  # noqa: E402
 from models.stages import distill_fusion  # noqa: E402
 from tasks.config import build  # noqa: E402
@@ -154,9 +154,9 @@ def throughput(args: Args, work: Path) -> dict:
     return {"inputs": len(texts), "backends": results, "ct2_speedup": ratio, "ct2_speedup_cpu": cpu_ratio}
 
 
-def _t3_model(encoder, splits, max_length: int, device: str) -> RelevanceModel:
+def _t3_model(encoder, splits, cfg: LearnerConfig) -> RelevanceModel:
     """A t = 3 model: two old adapters under a fusion (the teacher), the new marketplace's adapter added."""
-    model = RelevanceModel.create(encoder, max_length=max_length, device=device)
+    model = RelevanceModel.create(encoder, text=TextFormat.of(cfg), device=cfg.device)
     for old in splits[:-1]:
         model.add_marketplace(old.spec)
     model.fusion = model.add_fusion(model.adapter_names)
@@ -194,7 +194,7 @@ def fraction_sweep(args: Args, work: Path) -> list[dict]:
                                               device=args.device, batch_size=args.batch_size,
                                               threads=args.threads or None)
                 translated = [to_pairs(tables[lang], translated_source(lang)) for lang in old_languages]
-        model = _t3_model(encoder, splits, args.max_length, args.device)
+        model = _t3_model(encoder, splits, cfg)
         with Stopwatch() as stage3:
             distill_fusion(model, train, valid, translated, cfg)
         row = {"fraction": fraction, "translated_pairs": sum(len(p) for p in translated),

@@ -20,6 +20,7 @@ OmegaMode = Literal["slice", "renorm"]
 OmegaChoice = Literal["slice", "renorm", "per-source"]
 LayerReduction = Literal["sum", "mean"]
 EarlyStopping = Literal["new", "kept"]
+Pooling = Literal["cls", "mean"]
 HeadInit = Literal["previous", "random"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -121,6 +122,13 @@ class LearnerConfig(_Config):
     reduction_factor: int = Field(16, ge=1, description="Pfeiffer adapter bottleneck: hidden size / reduction "
                                                         "factor units (16 in the paper; 8 and 4 add capacity).")
     max_length: int = Field(64, ge=8, description="Tokens per (query, product title) pair.")
+    pooling: Pooling = Field("cls", description="The vector the heads read: the first ([CLS]) token, or the mean "
+                                                "of the last layer over the pair's tokens (how multilingual-e5 "
+                                                "was trained). Saved with the model.")
+    query_prefix: str = Field("", description="Text put before every query (multilingual-e5 was trained with "
+                                              "'query: '). Saved with the model.")
+    title_prefix: str = Field("", description="Text put before every product title (multilingual-e5: "
+                                              "'passage: '). Saved with the model.")
     seed: int = Field(13, ge=0, description="Seeds initialisation, shuffling and the translated subset.")
     seed_per_marketplace: bool = Field(False, description="Offset the initialisation seed by the adapter's or "
                                                           "fusion's name, so A_1..A_t and Ψ_2..Ψ_t do not all start "

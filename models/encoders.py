@@ -29,6 +29,7 @@ from models.encoder_ref import (
     sha256_file,
     weight_files,
 )
+from models.pairs import mean_pool
 
 __all__ = ["DEFAULT_ENCODER", "EncoderInfo", "EncoderNotFoundError", "EncoderRef", "encoder_info", "folder_checksum",
            "resolve_encoder", "sha256_file", "weight_files"]
@@ -150,9 +151,7 @@ def sentence_embeddings(
             for start in range(0, len(texts), batch_size):
                 batch = tokenizer([prefix + t for t in texts[start:start + batch_size]], padding=True,
                                   truncation=True, max_length=max_length, return_tensors="pt").to(device)
-                hidden = model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                pooled = mean_pool(model(**batch).last_hidden_state.float(), batch["attention_mask"])
                 chunks.append(F.normalize(pooled, dim=-1))
     finally:
         model.train(was_training)

@@ -20,7 +20,7 @@ from adapters.methods.bottleneck import BottleneckLayer
 from adapters.methods.modeling import BertFusion
 from torch import nn
 
-from models.pairs import Pairs, batches, encode_pairs
+from models.pairs import Pairs, batches
 
 if TYPE_CHECKING:
     from models.relevance import RelevanceModel
@@ -84,7 +84,7 @@ def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], bat
     for mid, pairs in tests.items():
         total = torch.zeros(len(model.adapter_names), dtype=torch.float64)
         count = 0.0
-        data = encode_pairs(pairs, model.tokenizer, model.max_length)
+        data = model.encode(pairs)
         for batch in batches(data, batch_size, model.tokenizer.pad_token_id, shuffle=False):
             batch = batch.to(model.device)
             with recorder.record() as scores:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from models.config import LearnerConfig, Pooling
 
 TASK_SOURCE = "task"
 
@@ -76,6 +80,39 @@ def encode_pairs(pairs: Pairs, tokenizer: PreTrainedTokenizerBase, max_length: i
         labels=np.asarray(pairs.labels, dtype=np.int64),
         source=pairs.source,
     )
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How a model turns pairs into input and which vector its heads read. It belongs to the trained model (saved
+    in its manifest): a teacher, a champion or a served copy read another way would score differently."""
+
+    max_length: int
+    pooling: Pooling
+    query_prefix: str
+    title_prefix: str
+
+    @classmethod
+    def of(cls, learner: LearnerConfig) -> TextFormat:
+        return cls(learner.max_length, learner.pooling, learner.query_prefix, learner.title_prefix)
+
+    @classmethod
+    def raw(cls, max_length: int) -> TextFormat:
+        """The texts as given, read at [CLS]: what a manifest without a text format (written before it existed)
+        means."""
+        return cls(max_length, "cls", "", "")
+
+    def encode(self, pairs: Pairs, tokenizer: PreTrainedTokenizerBase) -> EncodedPairs:
+        if self.query_prefix or self.title_prefix:
+            pairs = Pairs([self.query_prefix + q for q in pairs.queries], [self.title_prefix + t for t in pairs.titles],
+                          pairs.labels, pairs.source)
+        return encode_pairs(pairs, tokenizer, self.max_length)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the last layer over real tokens (padding excluded): multilingual-e5's sentence vector."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 @dataclass(frozen=True)

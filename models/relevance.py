@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
 from models.device import autocast, resolve_device
 from models.fusion_attention import fusion_modules
-from models.pairs import Batch, Pairs, batches, encode_pairs
+from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
 
 if TYPE_CHECKING:
     from models.encoders import EncoderRef
@@ -95,29 +95,38 @@ class RelevanceModel:
         encoder: EncoderRef,
         marketplaces: list[MarketplaceSpec],
         fusion: str | None,
-        max_length: int,
+        text: TextFormat,
     ) -> None:
         self.net = net
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.marketplaces = marketplaces
         self.fusion = fusion
-        self.max_length = max_length
+        self.text = text
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def create(cls, encoder: EncoderRef, *, max_length: int, device: torch.device | str) -> RelevanceModel:
-        """A model with no marketplace yet, on top of ``encoder`` (frozen), on ``device`` ("auto" resolves)."""
+    def create(cls, encoder: EncoderRef, *, text: TextFormat, device: torch.device | str) -> RelevanceModel:
+        """A model with no marketplace yet, on top of ``encoder`` (frozen), on ``device`` ("auto" resolves), reading
+        pairs as ``text`` says for its whole life."""
         net = AutoAdapterModel.from_pretrained(str(encoder.path))
         tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
         for p in net.parameters():
             p.requires_grad_(False)
         net.to(resolve_device(device) if isinstance(device, str) else device)
-        return cls(net, tokenizer, encoder, [], None, max_length)
+        return cls(net, tokenizer, encoder, [], None, text)
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    @property
+    def max_length(self) -> int:
+        return self.text.max_length
+
+    def encode(self, pairs: Pairs) -> EncodedPairs:
+        """Pairs as this model reads them (its prefixes and length): every stage and scorer goes through here."""
+        return self.text.encode(pairs, self.tokenizer)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -219,7 +228,13 @@ class RelevanceModel:
         return setup
 
     def logits(self, batch: Batch, head: str) -> torch.Tensor:
-        out = self.net(**batch.model_inputs(), head=head)
+        inputs = batch.model_inputs()
+        if self.text.pooling == "cls":  # the heads' own read-out: the first token
+            out = self.net(**inputs, head=head)
+        else:  # the same head over the masked mean; the adapters' forward context is the base model's own
+            base = self.net.base_model(**inputs, return_dict=True)
+            out = self.net.forward_head(base, head_name=head, attention_mask=batch.attention_mask, return_dict=True,
+                                        cls_output=mean_pool(base.last_hidden_state, batch.attention_mask))
         return out.logits if hasattr(out, "logits") else out[0]
 
     @torch.no_grad()
@@ -235,7 +250,7 @@ class RelevanceModel:
         head = self.activate(setup)
         was_training = self.net.training
         self.net.eval()
-        encoded = encode_pairs(pairs, self.tokenizer, self.max_length)
+        encoded = self.encode(pairs)
         out = np.empty(len(encoded), dtype=np.float32)
         try:
             for batch in batches(encoded, batch_size, self.tokenizer.pad_token_id, shuffle=False):
@@ -256,6 +271,7 @@ class RelevanceModel:
             "adapter_config": ADAPTER_CONFIG,
             "fusion_config": FUSION_CONFIG,
             "max_length": self.max_length,
+            "text_format": asdict(self.text),
             "libraries": {"torch": torch.__version__, "transformers": transformers.__version__,
                           "adapters": adapters.__version__},
         }
@@ -309,7 +325,9 @@ class RelevanceModel:
                 f"but encoder {encoder.name!r} at {encoder.path} has checksum {encoder.checksum[:12]}…; "
                 "load it with the encoder it was trained on"
             )
-        model = cls.create(encoder, max_length=int(manifest["max_length"]), device="cpu")
+        text = (TextFormat(**manifest["text_format"]) if "text_format" in manifest
+                else TextFormat.raw(int(manifest["max_length"])))
+        model = cls.create(encoder, text=text, device="cpu")
         for entry in manifest["marketplaces"]:
             spec = MarketplaceSpec(**entry)
             model.net.load_adapter(str(folder / "adapters" / spec.id), load_as=spec.id, with_head=True,

@@ -23,7 +23,7 @@ from models.config import DistillConfig, LearnerConfig
 from models.fusion_attention import FusionAttentionRecorder, fusion_modules
 from models.losses import attention_distillation_loss, relevance_loss
 from models.metrics import roc_auc
-from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches, encode_pairs
+from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches
 from models.relevance import MarketplaceSpec, RelevanceModel, fusion_name
 from models.teacher import TeacherAttention
 from models.training import FitResult, fit, seed_everything
@@ -80,7 +80,7 @@ def train_language_adapter(
     head = model.activate(spec.id)
     params = model.parameters_of(adapters_=[spec.id], heads=[spec.id])
     model.set_trainable(params)
-    data = encode_pairs(train, model.tokenizer, model.max_length)
+    data = model.encode(train)
     pad = model.tokenizer.pad_token_id
 
     def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -184,8 +184,8 @@ def distill_fusion(
     student = model.add_fusion(names, warm_start_from=teacher_fusion if distill.warm_start else None,
                                head_from=previous_head if distill.head_init == "previous" else None)
     teacher = TeacherAttention(model, teacher_fusion, len(fusion_modules(model.net, student)), cfg.precision)
-    task = encode_pairs(train, model.tokenizer, model.max_length)
-    extra = [encode_pairs(p, model.tokenizer, model.max_length) for p in translated]
+    task = model.encode(train)
+    extra = [model.encode(p) for p in translated]
     if distill.cache_teacher and distill.weight > 0:
         teacher.build_cache(extra or [task], cfg.eval_batch_size)
     kept = kept_valid if learner.early_stopping == "kept" else None
@@ -225,7 +225,7 @@ def redistill_fusion(
     seed_everything(learner.seed)
     names = model.adapter_names
     teacher = TeacherAttention(model, teacher_fusion, len(fusion_modules(model.net, teacher_fusion)), cfg.precision)
-    task = encode_pairs(train, model.tokenizer, model.max_length)
+    task = model.encode(train)
     if distill.weight > 0:
         teacher.build_cache([task], cfg.eval_batch_size)
     kept_fusion = state_of(fusion_modules(model.net, teacher_fusion))

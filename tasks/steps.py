@@ -77,10 +77,11 @@ def translation_routes(tables: Mapping[str, pd.DataFrame], target_languages: lis
 
 def _load_or_create(teacher_dir: str | None, encoder: EncoderRef, cfg: LearnerConfig):
     from models.device import resolve_device
+    from models.pairs import TextFormat
     from models.relevance import RelevanceModel
 
     if teacher_dir is None:
-        return RelevanceModel.create(encoder, max_length=cfg.max_length, device=cfg.device)
+        return RelevanceModel.create(encoder, text=TextFormat.of(cfg), device=cfg.device)
     return RelevanceModel.load(teacher_dir, encoder, device=resolve_device(cfg.device))
 
 

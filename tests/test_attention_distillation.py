@@ -11,7 +11,7 @@ import torch
 from models.config import DistillConfig, LearnerConfig
 from models.fusion_attention import FusionAttentionRecorder
 from models.losses import attention_distillation_loss
-from models.pairs import PadCollator, encode_pairs
+from models.pairs import PadCollator, TextFormat, encode_pairs
 from models.relevance import MarketplaceSpec, RelevanceModel
 from models.stages import distillation_loss
 from models.teacher import TeacherAttention
@@ -71,7 +71,7 @@ def test_shape_mismatch_is_an_error():
 
 
 def _three_adapter_model(tiny_encoder) -> RelevanceModel:
-    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     for lang in ("en", "es", "fr"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     model.fusion = model.add_fusion(["en", "es"])  # the teacher Ψ_{t-1}
@@ -145,7 +145,7 @@ def test_teacher_cache_equals_recomputation(tiny_encoder):
 
 
 def _fused_two_marketplace_model(tiny_encoder) -> RelevanceModel:
-    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     for lang in ("en", "es"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     model.fusion = model.add_fusion(["en", "es"])
@@ -197,7 +197,7 @@ def test_redistillation_from_a_warm_start_begins_at_the_teacher(tiny_encoder):
 def test_redistillation_needs_a_fusion(tiny_encoder):
     from models.stages import redistill_fusion
 
-    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     with pytest.raises(ValueError, match="nothing to re-distil"):
         redistill_fusion(model, make_pairs("en", 8, 1), make_pairs("en", 8, 2), LearnerConfig())
@@ -210,7 +210,7 @@ def test_per_source_omega_makes_the_no_translation_variant_at_t2_plain_fusion(ti
     from models.stages import distill_fusion
 
     def trained(distill: dict) -> dict:
-        model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+        model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
         torch.manual_seed(0)
         for lang in ("en", "es"):
             model.add_marketplace(MarketplaceSpec(lang, lang))
@@ -241,7 +241,7 @@ def test_early_stopping_can_watch_every_kept_validation_set(tiny_encoder):
     from models.metrics import roc_auc
     from models.stages import distill_fusion
 
-    model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     for lang in ("en", "es"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     valid, kept = make_pairs("es", 12, 6), {"en": make_pairs("en", 12, 7)}

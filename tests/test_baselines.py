@@ -14,7 +14,7 @@ from models.methods.full_model import FullModel
 from models.methods.hat import HardAttentionToTask
 from models.methods.protocol import concat_pairs, subsample_pairs
 from models.methods.regularizers import EWCPenalty, lwf_loss
-from models.pairs import Pairs
+from models.pairs import Pairs, TextFormat
 from models.relevance import RelevanceModel
 from tasks.benchmark import method_learner
 from tests.conftest import make_pairs
@@ -68,7 +68,7 @@ def _full_parameter_count(encoder) -> int:
 
 def test_trainable_parameters_per_method(tiny_encoder, marketplaces):
     two = marketplaces[:2]
-    probe = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+    probe = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     for spec in (m.spec for m in two):
         probe.add_marketplace(spec)
     adapter_and_head = sum(p.numel() for p in probe.parameters_of(adapters_=["es"], heads=["es"]))

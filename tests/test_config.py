@@ -36,6 +36,8 @@ def _other_value(model: type, path: list[str], default: object) -> object:
         return next(v for v in typing.get_args(hint) if v != default)
     if isinstance(default, bool):
         return not default
+    if isinstance(default, str):
+        return default + "x: "
     if default is None:
         return 8
     if isinstance(default, int):
@@ -75,6 +77,7 @@ def test_every_shipped_preset_is_valid_and_round_trips_through_toml():
     paper = learner_config("paper")
     assert (paper.adapter.epochs, paper.fusion.epochs, paper.distill.weight) == (5, 5, 1.0)
     assert paper.distill.head_init == "random" and paper.distill.omega == "slice" and not paper.distill.warm_start
+    assert (paper.reduction_factor, paper.distill.layer_reduction, paper.pooling) == (16, "sum", "cls")
     assert learner_config("retrain").distill.warm_start
     assert learner_config("fusion-no-distill").distill.weight == 0 and "weight" in read_preset("fusion-no-distill")[
         "distill"]

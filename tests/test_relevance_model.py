@@ -12,6 +12,7 @@ import pytest
 
 from models.config import LearnerConfig
 from models.methods.adapter_fusion import learn_marketplace
+from models.pairs import Pairs, TextFormat
 from models.relevance import MarketplaceSpec, ModelFormatError, RelevanceModel
 from models.sequence import learn_sequence
 from tests.conftest import make_pairs
@@ -80,7 +81,7 @@ from pathlib import Path
 sys.path.insert(0, {str(tmp_path.parent)!r})
 from models.encoders import EncoderRef
 from models.relevance import RelevanceModel
-from models.pairs import Pairs
+from models.pairs import Pairs, TextFormat
 enc = EncoderRef(name="tiny-test", path=Path({str(tiny_encoder.path)!r}), checksum="tiny-checksum-1")
 m = RelevanceModel.load(Path({str(folder)!r}), enc)
 p = m.predict_proba(Pairs({list(test.queries)!r}, {list(test.titles)!r}, {list(test.labels)!r}))
@@ -126,7 +127,7 @@ def test_a_failed_save_keeps_the_previous_model(trained_pair, tmp_path, monkeypa
 
 
 def test_duplicate_marketplace_and_bad_ids(tiny_encoder):
-    model = RelevanceModel.create(tiny_encoder, max_length=64, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(64), device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     with pytest.raises(ModelFormatError, match="already has an adapter"):
         model.add_marketplace(MarketplaceSpec("en", "en"))
@@ -145,7 +146,7 @@ def test_trainable_parameters_are_only_the_new_adapter_and_head(tiny_encoder, ma
 def test_fusion_warm_start_and_head_initialisation(tiny_encoder):
     import torch
 
-    model = RelevanceModel.create(tiny_encoder, max_length=64, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(64), device="cpu")
     for lang in ("en", "es", "fr"):
         model.add_marketplace(MarketplaceSpec(lang, lang))
     teacher = model.add_fusion(["en", "es"], head_from="en")
@@ -167,7 +168,7 @@ def test_adapter_capacity_and_distinct_initialisation_are_settings(tiny_encoder,
 
     def first_adapter(**settings):
         learner = FAST.model_copy(update={**settings, "adapter": FAST.adapter.model_copy(update={"epochs": 1})})
-        model = RelevanceModel.create(tiny_encoder, max_length=24, device="cpu")
+        model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
         en, es = marketplaces[:2]
         train_language_adapter(model, en.spec, en.train.head(16), en.valid, learner.model_copy(
             update={"adapter": learner.adapter.model_copy(update={"learning_rate": 0.0})}))
@@ -184,3 +185,33 @@ def test_adapter_capacity_and_distinct_initialisation_are_settings(tiny_encoder,
     small, big = first_adapter(), first_adapter(reduction_factor=4)
     units = {m: m.parameters_of(adapters_=["en"])[0].shape[0] for m in (small, big)}  # the down projection's rows
     assert units[small] == 32 // 16 and units[big] == 32 // 4
+
+
+def test_mean_pooling_and_prefixes_belong_to_the_saved_model(tiny_encoder, marketplaces, tmp_path):
+    learner = FAST.model_copy(update={"pooling": "mean", "query_prefix": "query: ", "title_prefix": "passage: "})
+    model, _ = learn_marketplace(None, tiny_encoder, marketplaces[0], [], learner)
+    model, _ = learn_marketplace(model, tiny_encoder, marketplaces[1], [], learner)
+    test = marketplaces[1].test
+    prefixed = Pairs([f"query: {q}" for q in test.queries], [f"passage: {t}" for t in test.titles], test.labels)
+    assert model.encode(test).input_ids == TextFormat.raw(24).encode(prefixed, model.tokenizer).input_ids
+    assert model.encode(test).input_ids != TextFormat.raw(24).encode(test, model.tokenizer).input_ids
+
+    expected = model.predict_proba(test)
+    one = Pairs(test.queries[:1], test.titles[:1], test.labels[:1])
+    with_long = Pairs([test.queries[0], "x " * 40], [test.titles[0], "y " * 40], [1, 0])
+    assert model.predict_proba(one)[0] == pytest.approx(model.predict_proba(with_long)[0], abs=1e-5), \
+        "padding must not enter the mean"
+
+    folder = model.save(tmp_path / "model")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["text_format"] == {"max_length": 24, "pooling": "mean", "query_prefix": "query: ",
+                                       "title_prefix": "passage: "}
+    loaded = RelevanceModel.load(folder, tiny_encoder)
+    assert loaded.text == model.text
+    np.testing.assert_allclose(loaded.predict_proba(test), expected, atol=1e-6)
+    loaded.text = dataclasses.replace(loaded.text, pooling="cls")
+    assert not np.allclose(loaded.predict_proba(test), expected, atol=1e-3), "the heads must read the mean"
+
+    del manifest["text_format"]  # a model saved before the text format existed: raw texts read at [CLS]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert RelevanceModel.load(folder, tiny_encoder).text == TextFormat.raw(24)

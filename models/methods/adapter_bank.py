@@ -24,7 +24,7 @@ from models.stages import StageReport, train_language_adapter
 
 
 def _fingerprint(model: RelevanceModel, spec: MarketplaceSpec, train: Pairs, valid: Pairs, cfg: LearnerConfig) -> str:
-    digest = hashlib.sha256(repr((model.encoder.checksum, model.max_length, spec, cfg.adapter, cfg.seed,
+    digest = hashlib.sha256(repr((model.encoder.checksum, model.text, spec, cfg.adapter, cfg.seed,
                                   cfg.seed_per_marketplace, cfg.reduction_factor)).encode())
     for pairs in (train, valid):
         digest.update(repr((list(pairs.queries), list(pairs.titles), [int(x) for x in pairs.labels])).encode())

@@ -20,7 +20,7 @@ import numpy as np
 from models.fusion_attention import fusion_attention_profile
 from models.methods.adapter_bank import SHARED
 from models.methods.protocol import ContinualMethod, MarketplaceSplits, concat_pairs
-from models.pairs import Pairs
+from models.pairs import Pairs, TextFormat
 from models.relevance import RelevanceModel
 from models.stages import StageReport, distill_fusion, train_language_adapter
 
@@ -45,7 +45,7 @@ def learn_marketplace(
     ``kept_valid``: the old marketplaces' validation sets (for ``early_stopping = "kept"``); ``train_adapter``
     is stage 2 (the benchmark passes an adapter bank that reuses identical adapters)."""
     if model is None:
-        model = RelevanceModel.create(encoder, max_length=cfg.max_length, device=cfg.device)
+        model = RelevanceModel.create(encoder, text=TextFormat.of(cfg), device=cfg.device)
     ckpt = (lambda name: checkpoint_dir / f"{data.spec.id}-{name}.pt") if checkpoint_dir else (lambda name: None)
     reports = [train_adapter(model, data.spec, data.train, data.valid, cfg, checkpoint=ckpt("adapter"))]
     if len(model.marketplaces) > 1:
@@ -64,7 +64,7 @@ class _RelevanceMethod(ContinualMethod):
 
     def _model(self) -> RelevanceModel:
         if self.model is None:
-            self.model = RelevanceModel.create(self.encoder, max_length=self.learner.max_length,
+            self.model = RelevanceModel.create(self.encoder, text=TextFormat.of(self.learner),
                                                device=self.learner.device)
         return self.model
 
