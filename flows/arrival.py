@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from prefect import flow
+from prefect.states import State
 
 from flows import candidate
 from flows.candidate import Candidate, Teacher
@@ -20,7 +21,14 @@ from models.relevance import MarketplaceSpec
 from tasks import registry
 from tasks.config import entry_learner
 from tasks.hashing import fingerprint, table_hash
-from tasks.prefect_tasks import adapter_task, fusion_task, registry_lock, translate_task
+from tasks.prefect_tasks import (
+    adapter_task,
+    fusion_task,
+    load_storage_credentials,
+    project_log_level,
+    registry_lock,
+    translate_task,
+)
 from tasks.settings import get_settings
 from tasks.steps import translation_routes
 
@@ -40,8 +48,9 @@ def marketplace_arrival(
     gate: GateConfig = GateConfig(),
     replace: bool = False,
     encoder: str | None = None,
-) -> dict:
-    """One marketplace joins the model; fails (after registering a challenger) when the gate refuses it.
+) -> dict | State:
+    """One marketplace joins the model; ends in the state ``Refused`` (after registering a challenger) when the
+    gate keeps the champion.
 
     Args:
         marketplace: Marketplace id, e.g. es; it names the new adapter and its head.
@@ -59,6 +68,8 @@ def marketplace_arrival(
     from tasks.data import load_marketplace
     from tasks.learner import resolve_settings_encoder
 
+    project_log_level()
+    load_storage_credentials()
     settings = get_settings()
     # Bad input fails here, before the lock, the registry or any training.
     data = load_marketplace(marketplace, language, train, valid, test, s3_endpoint_url=settings.s3_endpoint_url)
@@ -117,5 +128,5 @@ def marketplace_arrival(
         champion = registry.alias_version(client, registry.CHAMPION)
         summary = candidate.run_candidate(run, teacher, champion, ref, learner, gate, settings, train_candidate)
     if not summary["passed"]:
-        raise registry.PromotionRefused(summary["version"], summary["reasons"])
+        return candidate.refused_state(summary)
     return summary

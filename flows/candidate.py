@@ -17,6 +17,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
 
 from models.config import GateConfig, LearnerConfig
 from tasks import registry, reporting
@@ -28,9 +30,18 @@ from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
+REFUSED = "Refused"
+MODEL_CARD_ARTIFACT = "relevance-model-card"
+REGISTRY_ARTIFACT = "relevance-registry"
+
 
 def start_tracking(settings: Settings) -> None:
     """A tracking server chooses its own artifact root (e.g. proxied S3); a local store gets ours."""
+    if settings.tracking_uri is not None and not settings.tracking_uri.strip():
+        # A deployment templated an unset Prefect variable into MCL_TRACKING_URI: falling back to a local SQLite
+        # store would register the model inside a container that is removed when the run ends.
+        raise ValueError("MCL_TRACKING_URI is set but empty: set the Prefect variable mcl_tracking_uri (the MLflow "
+                         "server's URL as this worker reaches it) and deploy again")
     uri = settings.resolved_tracking_uri
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     registry.setup_tracking(uri, settings.artifact_location or (settings.resolved_artifact_location if local else None))
@@ -129,11 +140,13 @@ def run_candidate(
             parent=teacher_version, champion=champion, evaluation=evaluation, new_tests=candidate.new_tests,
             new_valids=candidate.new_valids,
             data_hashes=candidate.data_hashes, gate=gate, work_dir=spec.work_dir / "register" / parent,
-            kind=spec.kind,
+            kind=spec.kind, examples=candidate.tests,
         ), parent_run_id=parent)
         if candidate.translation_routes:
             mlflow.log_params({f"translation_route.{k}": v for k, v in candidate.translation_routes.items()})
-        log_review_artifacts(client, registration, teacher_version, candidate, evaluation, encoder.name, spec.label)
+        card = log_review_artifacts(client, registration, teacher_version, candidate, evaluation, encoder.name,
+                                    spec.label)
+    publish_prefect_artifacts(client, card, registration)
     return {"version": registration.version, "alias": registration.alias, "aucs": evaluation.aucs,
             "adapter_auc": evaluation.adapter_auc, "adapter_version": registration.adapter_version,
             "checks": registration.checks, "reasons": registration.reasons, "passed": registration.passed,
@@ -148,8 +161,8 @@ def log_review_artifacts(
     evaluation: Evaluation,
     encoder_name: str,
     label: str,
-) -> None:
-    """Into the active (parent) run: per-marketplace metrics, the R[t][k] heatmap, the model card."""
+) -> str:
+    """Into the active (parent) run: per-marketplace metrics, the R[t][k] heatmap, the model card (returned)."""
     marketplaces = candidate.marketplaces
     mlflow.log_metrics({f"test_auc.{k}": v for k, v in evaluation.aucs.items()})
     mlflow.log_metrics({f"valid_auc.{k}": v for k, v in evaluation.valid_aucs.items()})
@@ -172,7 +185,36 @@ def log_review_artifacts(
         translation_routes=candidate.translation_routes,
     )
     mlflow.log_text(card, "model_card.md")
+    # The reviewer's page is the version's: the card is its description (the version's source run is this run).
+    client.update_model_version(registry.MODEL_NAME, registration.version, description=card)
     mlflow.set_tags({"relevance_version": registration.version, "alias": registration.alias})
+    return card
+
+
+def publish_prefect_artifacts(client: Any, card: str, registration: Registration) -> None:
+    """The same review on the flow run's Artifacts tab, for the operator who watches Prefect, not MLflow:
+    the model card (markdown) and the whole registry after this run (a table), under stable keys so the
+    Artifacts page keeps each one's history across runs."""
+    create_markdown_artifact(markdown=card, key=MODEL_CARD_ARTIFACT,
+                             description=f"{registry.MODEL_NAME} v{registration.version} (@{registration.alias})")
+    create_table_artifact(table=reporting.registry_rows(registry.registry_state(client)), key=REGISTRY_ARTIFACT,
+                          description=f"{registry.MODEL_NAME} versions after registering v{registration.version}")
+
+
+def refused_state(summary: dict) -> State:
+    """How a flow ends when the gate keeps the champion: a FAILED state named ``Refused``, not a traceback.
+
+    FAILED, not COMPLETED: the run did not deliver what it was started for (a new champion), an operator must
+    look at the challenger, and Failed is what dashboards, ``run_deployment`` callers and the automations in
+    ``infra/automations.yaml`` treat as needing attention. The name keeps it apart from a crash or a bug: the
+    UI shows "Refused" with the gate's reasons as the message, the state change is its own event
+    (``prefect.flow-run.Refused``), and no exception is raised inside the flow, so nothing is logged as a
+    traceback. The state's data is the :class:`~tasks.registry.PromotionRefused`, so calling the flow as a
+    function still raises it (the CLI and tests rely on that).
+    """
+    refusal = registry.PromotionRefused(summary["version"], summary["reasons"])
+    log.warning("%s", refusal)
+    return Failed(name=REFUSED, message=str(refusal), data=refusal)
 
 
 def run_stage(stage_task: Any, *args: Any, **kwargs: Any) -> StageOutput:

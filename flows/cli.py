@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import arrive, benchmark, data, demo, encoder, settings, train, translate
+from flows.commands import alerts, arrive, benchmark, data, demo, encoder, settings, train, translate
 
 app = typer.Typer(
     name="mcl",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.add_typer(encoder.app, name="encoder")
 app.add_typer(data.app, name="data")
 app.add_typer(settings.app, name="config")
+app.add_typer(alerts.app, name="alerts")
 app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)

@@ -15,6 +15,7 @@ import logging
 
 import pandas as pd
 from prefect import flow
+from prefect.states import Failed, State
 
 from flows import candidate
 from flows.arrival import marketplace_arrival
@@ -24,7 +25,7 @@ from tasks import registry
 from tasks.config import entry_learner
 from tasks.hashing import fingerprint, table_hash
 from tasks.landing import scan_landing_zone
-from tasks.prefect_tasks import redistill_task, registry_lock
+from tasks.prefect_tasks import load_storage_credentials, project_log_level, redistill_task, registry_lock
 from tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def scheduled_retraining(
     learner: LearnerConfig = entry_learner("retrain"),
     gate: GateConfig = GateConfig(),
     encoder: str | None = None,
-) -> dict | None:
+) -> dict | State | None:
     """Re-distil the champion's fusion on fresh data of its marketplaces; None when there is nothing to retrain.
 
     Args:
@@ -52,6 +53,8 @@ def scheduled_retraining(
     from tasks.data import load_marketplace
     from tasks.learner import resolve_settings_encoder
 
+    project_log_level()
+    load_storage_credentials()
     settings = get_settings()
     candidate.start_tracking(settings)
     champion = registry.alias_version(MlflowClient(), registry.CHAMPION)
@@ -65,7 +68,11 @@ def scheduled_retraining(
         return None
     if len(champion.marketplaces) == 1:
         log.info("champion has one marketplace and no fusion: retraining its adapter as a replacing arrival")
-        return marketplace_arrival(**fresh[0].as_payload(), replace=True, learner=learner, gate=gate, encoder=encoder)
+        try:
+            return marketplace_arrival(**fresh[0].as_payload(), replace=True, learner=learner, gate=gate,
+                                       encoder=encoder)
+        except registry.PromotionRefused as refusal:  # the subflow's refusal is this run's, not a failure of it
+            return Failed(name=candidate.REFUSED, message=str(refusal), data=refusal)
 
     # Bad input fails here, before the lock, the registry or any training.
     data = {f.marketplace: load_marketplace(f.marketplace, f.language, f.train, f.valid, f.test,
@@ -101,5 +108,5 @@ def scheduled_retraining(
         summary = candidate.run_candidate(run, champion, champion, ref, learner, gate, settings, train_candidate)
     summary["retrained_on"] = list(data)
     if not summary["passed"]:
-        raise registry.PromotionRefused(summary["version"], summary["reasons"])
+        return candidate.refused_state(summary)
     return summary

@@ -4,20 +4,31 @@ An uploader writes the split tables first and the ready marker (``_READY``) last
 without the marker is still being written and is left alone. The marker may hold JSON
 (``{"language": "es"}``); otherwise ``marketplace.json`` in the folder names the language.
 Each ready folder is announced once per marker: re-uploading (a new marker) announces it again.
+
+Which marker was announced is recorded beside it, in the folder itself (``_ANNOUNCED``), one small
+object per landing key: the state grows with the folders, never in one shared value that can
+overflow, and an operator sees in the bucket what the watcher did with each upload.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
 READY_MARKER = "_READY"
+ANNOUNCED_MARKER = "_ANNOUNCED"
+# Event ids are uuid5(EVENT_NAMESPACE, landing key): the same upload always gets the same id, on any worker.
+EVENT_NAMESPACE = uuid.UUID("6f1c2f0e-5d0a-5b7e-9a51-6d63c1a0e4b2")
+AnnouncementState = Literal["pending", "emitted"]
 SPLITS = ("train", "valid", "test")
 SUFFIXES = (".parquet", ".csv", ".jsonl")
 
@@ -32,13 +43,32 @@ class Landing:
     valid: str
     test: str
     marker: str  # identity of the ready marker (mtime/size or ETag): a new upload is a new arrival
+    # What ``_ANNOUNCED`` in the folder says (None: never announced); not part of the landing's identity.
+    announcement: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def folder(self) -> str:
+        """The folder's path or URI (the split tables sit directly in it)."""
+        return self.train.rsplit("/", 1)[0]
 
     @property
     def key(self) -> str:
-        return f"{self.marketplace}@{self.marker}"
+        """One upload of one folder: the folder's location and its ready marker's identity."""
+        return f"{self.folder}@{self.marker}"
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """Deterministic: a re-emission of the same upload carries the same id, so Prefect drops it as seen."""
+        return uuid.uuid5(EVENT_NAMESPACE, self.key)
+
+    @property
+    def announced(self) -> bool:
+        """The event for this upload (this marker) was emitted."""
+        a = self.announcement or {}
+        return a.get("key") == self.key and a.get("state") == "emitted"
 
     def as_payload(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if k != "marker"}
+        return {k: v for k, v in asdict(self).items() if k not in ("marker", "announcement")}
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,17 @@ def _language(entry: _Entry) -> str | None:
     return None
 
 
+def _announcement(entry: _Entry) -> dict[str, Any] | None:
+    if ANNOUNCED_MARKER not in entry.files:
+        return None
+    try:
+        record = json.loads(entry.read_text(entry.files[ANNOUNCED_MARKER]))
+    except json.JSONDecodeError:
+        log.warning("landing %s: unreadable %s, treated as not announced", entry.marketplace, ANNOUNCED_MARKER)
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def scan_landing_zone(root: str | Path, *, s3_endpoint_url: str | None = None) -> list[Landing]:
     """Ready marketplace folders under ``root``; folders without the marker (still uploading) are skipped.
 
@@ -133,23 +174,60 @@ def scan_landing_zone(root: str | Path, *, s3_endpoint_url: str | None = None) -
                         f"(put {{\"language\": ...}} in {READY_MARKER} or marketplace.json)")
             continue
         ready.append(Landing(entry.marketplace, language, paths["train"], paths["valid"], paths["test"],
-                             entry.marker_token))
+                             entry.marker_token, _announcement(entry)))
     return ready
+
+
+def record_announcement(landing: Landing, state: AnnouncementState, *, s3_endpoint_url: str | None = None) -> dict:
+    """Write ``_ANNOUNCED`` beside the landing's ``_READY``: which upload (key), which event id, which state."""
+    record = {"key": landing.key, "event_id": str(landing.event_id), "state": state,
+              "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    text = json.dumps(record, sort_keys=True)
+    target = f"{landing.folder}/{ANNOUNCED_MARKER}"
+    if target.startswith("s3://"):
+        import boto3
+
+        parsed = urlparse(target)
+        boto3.client("s3", endpoint_url=s3_endpoint_url).put_object(
+            Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=text.encode(), ContentType="application/json")
+    else:
+        tmp = Path(target).with_name(f".{ANNOUNCED_MARKER}.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)  # atomic: a crash leaves the old record or the new one, never half of one
+    return record
 
 
 def announce_arrivals(
     root: str | Path,
-    emitted: set[str],
     emit: Callable[[Landing], None],
     *,
     s3_endpoint_url: str | None = None,
 ) -> list[Landing]:
-    """Call ``emit`` once for each ready folder not in ``emitted`` (updated in place); returns those announced."""
+    """Call ``emit`` for each ready upload whose event was not emitted yet; returns those announced.
+
+    Order per landing key, chosen for at-least-once delivery that never loops:
+
+    1. ``_ANNOUNCED`` := pending (key, event id) -- *before* the event. A store the watcher cannot write
+       stops it here, with nothing emitted: no event is ever sent without state that stops it being sent
+       again (the old single Variable failed *after* emitting and so re-announced everything every run).
+    2. emit the event, id = uuid5(landing key).
+    3. ``_ANNOUNCED`` := emitted. Later runs skip the key until a new ``_READY`` makes a new key.
+
+    A crash between 1 and 3 leaves ``pending``; the next run emits again with the *same* id. Prefect's
+    event pipeline drops an id it has already seen (and stores events by id), and the arrival flow is
+    idempotent for a repeated upload, so the worst case is one duplicate delivery per crash, never an
+    endless re-announcement and never a lost upload. Each key is independent: one folder that fails
+    (its exception propagates after earlier folders are recorded) leaves the others' state intact.
+    """
     announced = []
     for landing in scan_landing_zone(root, s3_endpoint_url=s3_endpoint_url):
-        if landing.key in emitted:
+        if landing.announced:
             continue
+        if (landing.announcement or {}).get("key") == landing.key:
+            log.warning("landing %s: the previous announcement of this upload did not finish; emitting it again "
+                        "with the same event id %s", landing.marketplace, landing.event_id)
+        record_announcement(landing, "pending", s3_endpoint_url=s3_endpoint_url)
         emit(landing)
-        emitted.add(landing.key)
-        announced.append(landing)
+        record = record_announcement(landing, "emitted", s3_endpoint_url=s3_endpoint_url)
+        announced.append(Landing(**{**asdict(landing), "announcement": record}))
     return announced

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +37,55 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 REGISTRY_LOCK = "mcl-registry"
+# Names the Prefect Secret block with the object store's credentials (a name is not a secret: it may sit in
+# a deployment's job variables; the value never does).
+STORAGE_CREDENTIALS_BLOCK_ENV = "MCL_S3_CREDENTIALS_BLOCK"
+STORAGE_CREDENTIAL_KEYS = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
 T = TypeVar("T")
+
+
+PROJECT_LOGGERS = ("models", "tasks", "flows")
+
+
+def project_log_level(level: int = logging.INFO) -> None:
+    """Let the project's INFO lines (stages, epochs, announcements) through in a flow-run process.
+
+    ``PREFECT_LOGGING_EXTRA_LOGGERS=models,tasks,flows`` (set for the deployments and the compose worker)
+    attaches Prefect's API handler to these loggers, but a worker's flow-run process leaves the root logger
+    at WARNING, so without a level of their own only warnings would reach the run's log in the UI. A level
+    set explicitly (e.g. by ``mcl --verbose``) is kept."""
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
+
+
+def load_storage_credentials(block_name: str | None = None) -> bool:
+    """Put the object store's credentials from a Prefect Secret block into this process's environment, where
+    boto3 (data readers, the landing zone) and MLflow's S3 client read them; returns whether a block was loaded.
+
+    Why at run time and not as ``{{ prefect.blocks.secret.NAME }}`` in ``flows/prefect.yaml``: ``prefect deploy``
+    resolves block and variable templates when it registers a deployment, so the secret would be stored in plain
+    text in the deployment's job variables again. Loaded here, the value only exists in the run that needs it,
+    and rotating it is one ``Secret(value={...}).save(NAME, overwrite=True)``: the next run uses the new value.
+    The block holds ``{"aws_access_key_id": ..., "aws_secret_access_key": ...}``. Without a block name (the
+    argument or ``$MCL_S3_CREDENTIALS_BLOCK``), e.g. local runs and the compose worker, the environment's own
+    credentials are used unchanged.
+    """
+    name = block_name or os.environ.get(STORAGE_CREDENTIALS_BLOCK_ENV)
+    if not name:
+        return False
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()
+    missing = sorted(set(STORAGE_CREDENTIAL_KEYS) - set(value if isinstance(value, dict) else {}))
+    if missing:
+        raise ValueError(f"Prefect Secret block {name!r} must hold a JSON object with "
+                         f"{sorted(STORAGE_CREDENTIAL_KEYS)}; missing {missing}")
+    for key, variable in STORAGE_CREDENTIAL_KEYS.items():
+        os.environ[variable] = str(value[key])
+    log.info("object-store credentials from Prefect Secret block %r", name)
+    return True
 
 
 def keyed_cache(task_ctx: Any, parameters: Mapping[str, Any]) -> str:
@@ -148,9 +197,14 @@ def evaluate_task(key: str, model_dir: str, encoder: EncoderRef, tests: dict[str
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(request: registry.RegistrationRequest, parent_run_id: str | None = None) -> Registration:
-    """``registry.register(request)``; not cached and not retried: registering twice would create two versions."""
-    with step_run("register", parent_run_id):
+    """``registry.register(request)`` into the parent run, then a nested ``register`` run with the gate's report.
+
+    The versions are logged into the parent run (the arrival or retraining run), not the nested one: that is
+    the run holding the plots and the model card, so the version page's "source run" link leads to them.
+    Not cached and not retried: registering twice would create two versions."""
+    with registry.in_run(parent_run_id):
         result = registry.register(request)
+    with step_run("register", parent_run_id):
         if parent_run_id is not None:
             mlflow.log_params({"version": result.version, "alias": result.alias})
             mlflow.log_text("\n".join(result.checks) or "first version: nothing to compare", "gate.txt")

@@ -17,8 +17,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 INPUT_COLUMNS = ("marketplace", "query", "product_title")
 MODEL_ARTIFACT = "model"
@@ -81,11 +80,21 @@ class RelevancePyfunc(mlflow.pyfunc.PythonModel):
 
 PIP_REQUIREMENTS = ["marketplace-cl", "torch", "transformers", "adapters", "pandas", "mlflow"]
 
+# ``mode`` is declared in the signature: MLflow passes only declared params to ``predict`` (an undeclared one is
+# dropped with a warning), fills in the default, and `mlflow models serve` accepts it in a request's "params".
 PYFUNC_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
     outputs=Schema([ColSpec("double", "score")]),
-    params=None,
+    params=ParamSchema([ParamSpec("mode", "string", MODES[0])]),
 )
+
+
+def input_example(tables: Mapping[str, pd.DataFrame], rows_per_marketplace: int = 2) -> pd.DataFrame:
+    """A few real rows per marketplace the model knows, in the input schema: stored with the version so a
+    reader of the model page sees what to send, and MLflow checks at logging time that the logged pyfunc loads
+    and scores them (a model that cannot be rebuilt fails to log with a warning, not at serving time)."""
+    parts = [t.head(rows_per_marketplace).assign(marketplace=m)[list(INPUT_COLUMNS)] for m, t in tables.items()]
+    return pd.concat(parts, ignore_index=True).astype(str)
 
 
 def log_relevance_pyfunc(
@@ -94,19 +103,22 @@ def log_relevance_pyfunc(
     *,
     registered_name: str,
     tags: Mapping[str, str],
+    example: pd.DataFrame | None = None,
 ) -> str:
-    """Log ``model_dir`` as a pyfunc into the active run, register it, tag the version; returns the version."""
+    """Log ``model_dir`` as a pyfunc into the active run and register it with all its tags; returns the version.
+
+    Registration is a separate ``mlflow.register_model`` call so the tags travel with the creation of the
+    version: a reader (or the next arrival) never sees a version that exists but does not yet say what it is.
+    The version's source run is the active run (the flow's parent run, see ``registry.register``).
+    """
     info = mlflow.pyfunc.log_model(
         name=registered_name,
         python_model=RelevancePyfunc(),
         artifacts={MODEL_ARTIFACT: str(model_dir)},
         model_config={"encoder": encoder_config(encoder)},
-        registered_model_name=registered_name,
-        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from an example would load and run the model
+        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from the example would miss the `mode` param
+        input_example=example,
         pip_requirements=PIP_REQUIREMENTS,
     )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
-    return version
+    version = mlflow.register_model(info.model_uri, registered_name, tags=dict(tags))
+    return str(version.version)

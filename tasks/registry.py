@@ -16,7 +16,8 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from models.config import GateConfig
 from tasks.gate import GateDecision, promotion_decision
-from tasks.pyfunc import log_relevance_pyfunc
+from tasks.pyfunc import input_example, log_relevance_pyfunc
 from tasks.records import Evaluation, Registration
 from tasks.steps import single_adapter_folder
 
@@ -58,6 +59,10 @@ class PromotionRefused(RuntimeError):
         self.reasons = list(reasons)
         super().__init__(f"version {version} of {MODEL_NAME!r} was not promoted (alias {CHALLENGER!r}): "
                          + "; ".join(self.reasons))
+
+    def __reduce__(self) -> tuple:
+        # A refusal is a flow run's final state data, persisted and read back by Prefect: rebuild from both fields.
+        return (type(self), (self.version, self.reasons))
 
 
 @dataclass(frozen=True)
@@ -223,16 +228,31 @@ def version_tags(
     return tags
 
 
+def decision_tags(decision: GateDecision) -> dict[str, str]:
+    """The gate's verdict as version tags (written with the version's other tags, at creation)."""
+    return {"gate": "passed" if decision.passed else "failed",
+            "gate_checks": " | ".join(decision.checks) or "first version",
+            **({"gate_reasons": " | ".join(decision.reasons)} if decision.reasons else {})}
+
+
 def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME) -> str:
     """Move ``champion`` to the version when it passed, otherwise mark it ``challenger``; returns the alias set."""
-    client.set_model_version_tag(name, version, "gate", "passed" if decision.passed else "failed")
-    client.set_model_version_tag(name, version, "gate_checks", " | ".join(decision.checks) or "first version")
-    if decision.reasons:
-        client.set_model_version_tag(name, version, "gate_reasons", " | ".join(decision.reasons))
     alias = CHAMPION if decision.passed else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     log.info("%s version %s -> @%s", name, version, alias)
     return alias
+
+
+@contextmanager
+def in_run(run_id: str | None) -> Iterator[None]:
+    """Make ``run_id`` the active MLflow run in this thread unless it already is (a task may run in a worker
+    thread, where the flow's run is not active); None leaves the active run as it is."""
+    active = mlflow.active_run()
+    if run_id is None or (active is not None and active.info.run_id == run_id):
+        yield
+        return
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield
 
 
 def registry_state(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionInfo]:
@@ -271,6 +291,7 @@ class RegistrationRequest:
     gate: GateConfig
     work_dir: Path
     kind: str = "arrival"
+    examples: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # tables to take the input example from
 
 
 def _store_tables(tables: Mapping[str, pd.DataFrame], work_dir: Path, folder: str) -> dict[str, str]:
@@ -301,7 +322,9 @@ def _gate_scores(champion: VersionInfo | None,
 def register(request: RegistrationRequest) -> Registration:
     """Store new test sets, register ``relevance`` (+ ``adapter-<id>``), judge it against the champion, set the alias.
 
-    Runs inside an active MLflow run: the version's source run holds the pyfunc and the test tables.
+    Runs inside the active MLflow run, which becomes the version's source run: the run that holds the plots
+    and the model card (the flow's parent run; ``register_task`` makes sure of it). Every version tag, the gate's
+    verdict included, is written with the version itself; only the alias moves afterwards.
     """
     r = request
     client = MlflowClient()
@@ -316,9 +339,11 @@ def register(request: RegistrationRequest) -> Registration:
         parent=r.parent, marketplaces=r.marketplaces, languages=r.languages, aucs=ev.aucs, test_sets=uris,
         data_hashes=r.data_hashes, valid_aucs=ev.valid_aucs, valid_sets=valid_uris,
         extra={"kind": r.kind, "marketplace": r.new_marketplace or "", "encoder": r.encoder.name,
-               "encoder_checksum": r.encoder.checksum, **adapter_tag},
+               "encoder_checksum": r.encoder.checksum, **adapter_tag, **decision_tags(decision)},
     )
-    version = log_relevance_pyfunc(Path(r.model_dir), r.encoder, registered_name=MODEL_NAME, tags=tags)
+    examples = {m: r.examples[m] for m in r.marketplaces if m in r.examples}
+    version = log_relevance_pyfunc(Path(r.model_dir), r.encoder, registered_name=MODEL_NAME, tags=tags,
+                                   example=input_example(examples) if examples else None)
     alias = apply_decision(client, version, decision)
     adapter_version = None
     if r.new_marketplace is not None:
@@ -331,5 +356,6 @@ def register(request: RegistrationRequest) -> Registration:
                   f"auc.{mid}": f"{own_auc:.6f}",
                   "data_hashes": json.dumps({mid: dict(r.data_hashes.get(mid, {}))}),
                   f"test_set.{mid}": uris.get(mid, ""), "relevance_version": version},
+            example=input_example({mid: r.examples[mid]}) if mid in r.examples else None,
         )
     return Registration(version, alias, decision.passed, decision.reasons, decision.checks, adapter_version)

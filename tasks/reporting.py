@@ -83,6 +83,19 @@ def log_evaluation_figures(evaluation: Evaluation) -> None:
         mlflow.log_dict(evaluation.attention, "fusion_attention.json")
 
 
+def registry_rows(versions: Sequence[Any]) -> list[dict[str, Any]]:
+    """The registry as table rows (one per version, newest first), for a Prefect table artifact: what an operator
+    checks after a run -- which version serves, which was refused and why, how each scored per marketplace."""
+    marketplaces = sorted({m for v in versions for m in v.aucs})
+    return [
+        {"version": int(v.version), "aliases": ",".join(f"@{a}" for a in v.aliases), "kind": v.tags.get("kind", ""),
+         "marketplaces": ",".join(v.marketplaces), "gate": v.tags.get("gate", ""),
+         "gate_reasons": v.tags.get("gate_reasons", ""),
+         **{f"auc.{m}": round(v.aucs[m], 4) if m in v.aucs else None for m in marketplaces}}
+        for v in sorted(versions, key=lambda v: -int(v.version))
+    ]
+
+
 def _table(matrix: pd.DataFrame) -> str:
     header = "| after \\ on | " + " | ".join(matrix.columns) + " |"
     rule = "|---" * (matrix.shape[1] + 1) + "|"

@@ -71,6 +71,17 @@ def client():
     return MlflowClient()
 
 
+def flow_run_artifacts(flow_run_id) -> dict:
+    """The Prefect artifacts a flow run created, by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
 def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, tiny_encoder):
     from tasks import registry
 
@@ -116,6 +127,7 @@ def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, t
     assert {d.dataset.name for d in datasets} == {"es-train", "es-valid", "es-test"}
     card = Path(c.download_artifacts(second["run_id"], "model_card.md", str(mcl))).read_text()
     assert "relevance v2 (@champion)" in card and "`es` (es)" in card
+    assert c.get_model_version(registry.MODEL_NAME, "2").description == card  # the version page shows the card
 
     with pytest.raises(registry.ArrivalRefused, match="already in relevance@champion"):
         arrive(mcl, tiny_encoder, "es", **LENIENT)
@@ -179,9 +191,24 @@ def test_gate_failure_registers_a_challenger_and_keeps_the_champion(mcl, tiny_en
     from tasks import registry
 
     arrive(mcl, tiny_encoder, "en")
-    with pytest.raises(registry.PromotionRefused, match="must exceed it by more than 1.0") as refused:
-        arrive(mcl, tiny_encoder, "es", gate={"max_regression": 1.0, "adapter_margin": 1.0})
-    assert refused.value.version == "2"
+    state = arrive(mcl, tiny_encoder, "es", gate={"max_regression": 1.0, "adapter_margin": 1.0}, return_state=True)
+    # a refusal is a named FAILED state with the gate's reason, not a crash; calling the flow still raises it
+    assert state.is_failed() and state.name == "Refused"
+    assert "version 2 of 'relevance' was not promoted" in state.message and "must exceed it by more than 1.0" in \
+        state.message
+    refusal = state.result(raise_on_failure=False)
+    assert isinstance(refusal, registry.PromotionRefused) and refusal.version == "2"
+    with pytest.raises(registry.PromotionRefused, match="must exceed it by more than 1.0"):
+        state.result()
+    # the operator's review in Prefect: the model card and the registry after the run
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
+    assert set(artifacts) == {"relevance-model-card", "relevance-registry"}
+    assert artifacts["relevance-model-card"].type == "markdown"
+    assert artifacts["relevance-model-card"].data.startswith("# relevance v2 (@challenger)")
+    rows = json.loads(artifacts["relevance-registry"].data)
+    assert [(r["version"], r["aliases"], r["gate"]) for r in rows] == [(2, "@challenger", "failed"),
+                                                                       (1, "@champion", "passed")]
+    assert "adapter-only" in rows[0]["gate_reasons"] and rows[1]["auc.es"] is None
     c = client()
     assert registry.alias_version(c, registry.CHAMPION).version == "1"
     challenger = registry.alias_version(c, registry.CHALLENGER)
@@ -223,9 +250,17 @@ def test_rerun_after_a_fusion_crash_resumes_without_retraining_the_adapter(mcl, 
 
 
 def test_watcher_flow_emits_one_event_per_ready_folder_across_runs(mcl, monkeypatch):
-    from prefect.variables import Variable
+    import logging
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS, temporary_settings
 
     import flows.watcher as watcher
+    from tasks import landing
 
     zone = mcl / "landing"
     write_marketplace(zone.parent, "es")
@@ -234,16 +269,40 @@ def test_watcher_flow_emits_one_event_per_ready_folder_across_runs(mcl, monkeypa
     (zone / "es" / "_READY").write_text('{"language": "es"}')
     (zone / "fr").mkdir()
     (zone / "fr" / "train.parquet").write_bytes(b"half")  # half-written: no marker yet
+    (zone / "de").mkdir()
+    (zone / "de" / "train.parquet").write_bytes(b"x")
+    (zone / "de" / "_READY").write_text('{"language": "de"}')  # marked ready, but no valid/test table
     events = []
     monkeypatch.setattr(watcher, "emit_event", lambda **event: events.append(event))
-    state = f"mcl_test_{mcl.name.lower().replace('-', '_')}"
-    assert watcher.landing_watcher(str(zone), state_variable=state) == ["es"]
-    assert watcher.landing_watcher(str(zone), state_variable=state) == []
+    # the deployments' setting (flows/prefect.yaml, the compose worker): project loggers go to the run's log
+    project_loggers = [logging.getLogger(name) for name in ("models", "tasks", "flows")]
+    before = {lg.name: list(lg.handlers) for lg in project_loggers}
+    try:
+        with temporary_settings({PREFECT_LOGGING_EXTRA_LOGGERS: "models,tasks,flows"}):
+            setup_logging(incremental=False)
+            state = watcher.landing_watcher(str(zone), return_state=True)
+        forwarding = [h for lg in project_loggers for h in lg.handlers if isinstance(h, APILogHandler)]
+        assert len(forwarding) == 3
+        forwarding[0].flush()  # send the queued log lines to the API now
+    finally:
+        for lg in project_loggers:
+            lg.handlers[:] = before[lg.name]
+    assert state.result() == ["es"]
+    assert watcher.landing_watcher(str(zone)) == []
     assert len(events) == 1 and events[0]["event"] == "marketplace.arrived"
     assert events[0]["resource"]["prefect.resource.id"] == "mcl.marketplace.es"
     assert events[0]["payload"] == {"marketplace": "es", "language": "es", "train": str(zone / "es" / "train.parquet"),
                                     "valid": str(zone / "es" / "valid.parquet"), "test": str(zone / "es" / "test.parquet")}
-    assert len(Variable.get(state)) == 1
+    (announced,) = [f for f in landing.scan_landing_zone(zone) if f.marketplace == "es"]
+    assert events[0]["id"] == announced.event_id == uuid.uuid5(landing.EVENT_NAMESPACE, announced.key)
+    assert announced.announced
+    # the malformed upload is reported where an operator looks: the flow run's log in the Prefect UI
+    with get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[state.state_details.flow_run_id])))
+    messages = {(entry.name, entry.message) for entry in logs}
+    assert ("tasks.landing", "landing de is marked ready but has no valid/test table; skipped") in messages
+    assert any(name == "flows.watcher" and message.startswith("announced es (es)") for name, message in messages)
 
 
 def test_s3_data_and_artifacts_on_a_real_s3_api(mcl, tiny_encoder, monkeypatch):

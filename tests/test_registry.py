@@ -100,10 +100,11 @@ def test_empty_registry_has_no_champion(tmp_path):
 def test_pyfunc_scores_rows_and_refuses_what_it_cannot_score(tiny_encoder):
     import pandas as pd
 
+    from models.pairs import TextFormat
     from models.relevance import MarketplaceSpec, RelevanceModel
     from tasks.pyfunc import PyfuncInputError, RelevancePyfunc
 
-    model = RelevanceModel.create(tiny_encoder, max_length=16, device="cpu")
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(16), device="cpu")
     model.add_marketplace(MarketplaceSpec("en", "en"))
     pyfunc = RelevancePyfunc()
     pyfunc.model = model
@@ -141,3 +142,81 @@ def test_gate_decides_on_validation_and_says_when_it_had_to_use_test():
     assert d.checks[0].startswith("en: validation ROC-AUC 0.7950 vs champion 0.8000")
     assert d.checks[1].startswith("es: test (no kept validation set) ROC-AUC 0.8900")
     assert d.checks[2].startswith("fr: validation ROC-AUC fused 0.7500 vs adapter-only 0.7000")
+
+
+def test_register_writes_one_complete_version_on_the_parent_run(tiny_encoder, tmp_path, monkeypatch):
+    """Registration against a local SQLite store: the version's source run is the flow's parent run, every tag
+    (gate verdict included) comes with the version, the input example is stored, and the served pyfunc honours
+    ``params={"mode": "adapter"}``."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
+
+    from models.pairs import Pairs, TextFormat
+    from models.relevance import MarketplaceSpec, RelevanceModel
+    from tasks.prefect_tasks import register_task
+    from tasks.records import Evaluation
+    from tests.conftest import make_pairs
+
+    registry.setup_tracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(16), device="cpu")
+    for mid in ("en", "es"):
+        model.add_marketplace(MarketplaceSpec(mid, mid))
+    model.fusion = model.add_fusion(["en", "es"])
+    model_dir = model.save(tmp_path / "model")
+    tables = {mid: pd.DataFrame({"query": p.queries, "product_title": p.titles, "label": p.labels})
+              for mid, p in (("en", make_pairs("en", 8, 1)), ("es", make_pairs("es", 8, 1)))}
+    request = registry.RegistrationRequest(
+        model_dir=str(model_dir), encoder=tiny_encoder, marketplaces=["en", "es"], languages=["en", "es"],
+        new_marketplace="es", parent=None, champion=None,
+        evaluation=Evaluation(aucs={"en": 0.7, "es": 0.8}, adapter_auc=0.75, attention={},
+                              valid_aucs={"en": 0.71, "es": 0.81}, adapter_valid_auc=0.76),
+        new_tests=tables, new_valids=tables,
+        data_hashes={"es": {"train": "a", "valid": "b", "test": "c"}}, gate=DEFAULT, work_dir=tmp_path / "work",
+        examples=tables)
+
+    def one_tag_at_a_time(*args, **kwargs):
+        raise AssertionError("a version tag was set after the version existed")
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", one_tag_at_a_time)
+    try:
+        with mlflow.start_run(run_name="arrival-es") as parent:
+            result = register_task.fn(request, parent_run_id=parent.info.run_id)
+        client = MlflowClient()
+        assert (result.version, result.alias, result.adapter_version) == ("1", "champion", "1")
+        mv = client.get_model_version(registry.MODEL_NAME, "1")
+        assert mv.run_id == parent.info.run_id  # not the nested register run
+        assert client.get_model_version(registry.adapter_model_name("es"), "1").run_id == parent.info.run_id
+        assert mv.tags["gate"] == "passed" and mv.tags["gate_checks"].startswith("es: validation ROC-AUC fused 0.8100")
+        assert mv.tags["marketplace_order"] == "en,es" and mv.tags["kind"] == "arrival"
+        assert mv.tags["valid_auc.es"] == "0.810000" and mv.tags["test_set.es"].endswith("test_sets/es.parquet")
+        assert mv.aliases == ["champion"]
+        nested = client.search_runs([parent.info.experiment_id],
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        assert [r.info.run_name for r in nested] == ["register"]
+        assert {a.path for a in client.list_artifacts(nested[0].info.run_id)} == {"gate.txt"}
+
+        local = tmp_path / "dl"
+        mlflow.artifacts.download_artifacts(artifact_uri="models:/relevance/1", dst_path=str(local))
+        meta = Model.load(str(local / "MLmodel"))
+        assert meta.signature.params.to_dict() == [{"name": "mode", "type": "string", "default": "fusion",
+                                                    "shape": None}]
+        example = meta.load_input_example(str(local))
+        assert list(example.columns) == ["marketplace", "query", "product_title"]
+        assert example["marketplace"].tolist() == ["en", "en", "es", "es"]
+        assert example["query"].tolist()[:2] == tables["en"]["query"].tolist()[:2]
+
+        served = mlflow.pyfunc.load_model("models:/relevance@champion")
+        rows = pd.DataFrame({"marketplace": ["en", "es", "es"], "query": ["red shoe", "rojo zapato", "azul taza"],
+                             "product_title": ["shoe blue deluxe", "zapato verde deluxe", "reloj rojo deluxe"]})
+        pairs = {mid: Pairs(g["query"].tolist(), g["product_title"].tolist(), [0] * len(g))
+                 for mid, g in rows.groupby("marketplace")}
+        own = [*model.predict_proba(pairs["en"], setup="en"), *model.predict_proba(pairs["es"], setup="es")]
+        fused = model.predict_proba(Pairs(rows["query"].tolist(), rows["product_title"].tolist(), [0, 0, 0]))
+        by_adapter = served.predict(rows, params={"mode": "adapter"})["score"].tolist()
+        assert by_adapter == pytest.approx(own, abs=1e-5)
+        assert served.predict(rows)["score"].tolist() == pytest.approx(fused.tolist(), abs=1e-5)
+        assert by_adapter != pytest.approx(fused.tolist(), abs=1e-4)  # the param changed the scores
+    finally:
+        mlflow.set_tracking_uri(None)
