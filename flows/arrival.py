@@ -121,6 +121,7 @@ def marketplace_arrival(
         tags={"marketplace": marketplace, "language": language},
         params={"marketplace": marketplace, "language": language, "replace": replace},
         inputs=[candidate.Inputs(t, sources[s], f"{marketplace}-{s}", s) for s, t in tables.items()], work_dir=work,
+        identity={"marketplace": marketplace, "language": language, "data": hashes, "replace": replace},
     )
     with registry_lock():
         client = MlflowClient()

@@ -97,6 +97,35 @@ class RunSpec:
     params: dict[str, Any]
     inputs: Sequence[Inputs]
     work_dir: Path
+    # What the flow's candidate is made from (marketplace, data hashes, options): with the teacher, the champion,
+    # the encoder and the settings it is the registration fingerprint, so a duplicate event trains nothing.
+    identity: dict[str, Any] = field(default_factory=dict)
+    version_tags: dict[str, str] = field(default_factory=dict)  # written with the version (e.g. fresh_data)
+
+
+def registration_fingerprint(spec: RunSpec, teacher: registry.VersionInfo | None,
+                             champion: registry.VersionInfo | None, encoder: Any, learner: LearnerConfig,
+                             gate: GateConfig) -> str:
+    """The identity of a registration from its inputs, known before any training: the same upload (or fresh data)
+    over the same teacher, judged against the same champion, with the same encoder and settings, is the same
+    model and the same verdict. Teacher and champion count by run id, which is unique across registries (every
+    store has a "version 1")."""
+    return fingerprint("registration", spec.kind, spec.identity, teacher.run_id if teacher else None,
+                       champion.run_id if champion else None, encoder.checksum, learner, gate)
+
+
+def existing_summary(client: Any, info: registry.VersionInfo) -> dict:
+    """The flow summary of a version registered earlier from the same fingerprint; its review artifacts are
+    published again so the duplicate run's page in Prefect shows what it found."""
+    registration = registry.registration_of(client, info)
+    mid = info.tags.get("marketplace")
+    adapter_auc = info.tags.get(f"adapter_auc.{mid}") if mid else None
+    publish_prefect_artifacts(client, info.description or f"# {registry.MODEL_NAME} v{info.version}", registration)
+    return {"version": info.version, "alias": registration.alias, "aucs": info.aucs,
+            "adapter_auc": float(adapter_auc) if adapter_auc else None,
+            "adapter_version": registration.adapter_version, "checks": registration.checks,
+            "reasons": registration.reasons, "passed": registration.passed, "run_id": info.run_id,
+            "already_registered": True}
 
 
 def run_candidate(
@@ -112,9 +141,16 @@ def run_candidate(
     """Run ``train(parent_run_id, teacher)`` inside the parent run, then evaluate, register and log for review.
 
     Must run under the registry lock (the caller reads the champion under it). Returns the flow's summary;
-    ``summary["passed"]`` says whether the gate promoted the candidate.
+    ``summary["passed"]`` says whether the gate promoted the candidate. A version already registered from the
+    same fingerprint is returned as it is (``summary["already_registered"]``): nothing is trained or registered.
     """
     client = mlflow.tracking.MlflowClient()
+    key = registration_fingerprint(spec, teacher_version, champion, encoder, learner, gate)
+    existing = registry.version_with_fingerprint(client, key)
+    if existing is not None:
+        log.info("%s: already registered as %s version %s (fingerprint %s); nothing trained or registered",
+                 spec.label, registry.MODEL_NAME, existing.version, key[:16])
+        return existing_summary(client, existing)
     with mlflow.start_run(run_name=spec.run_name) as run:
         parent = run.info.run_id
         mlflow.set_tags({"kind": spec.kind, "teacher_version": teacher_version.version if teacher_version else "none",
@@ -140,7 +176,7 @@ def run_candidate(
             parent=teacher_version, champion=champion, evaluation=evaluation, new_tests=candidate.new_tests,
             new_valids=candidate.new_valids,
             data_hashes=candidate.data_hashes, gate=gate, work_dir=spec.work_dir / "register" / parent,
-            kind=spec.kind, examples=candidate.tests,
+            kind=spec.kind, examples=candidate.tests, fingerprint=key, extra_tags=spec.version_tags,
         ), parent_run_id=parent)
         if candidate.translation_routes:
             mlflow.log_params({f"translation_route.{k}": v for k, v in candidate.translation_routes.items()})
@@ -150,7 +186,7 @@ def run_candidate(
     return {"version": registration.version, "alias": registration.alias, "aucs": evaluation.aucs,
             "adapter_auc": evaluation.adapter_auc, "adapter_version": registration.adapter_version,
             "checks": registration.checks, "reasons": registration.reasons, "passed": registration.passed,
-            "run_id": parent}
+            "run_id": parent, "already_registered": False}
 
 
 def log_review_artifacts(

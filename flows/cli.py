@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import alerts, arrive, benchmark, data, demo, encoder, settings, train, translate
+from flows.commands import alerts, arrive, benchmark, data, demo, encoder, registry, retrain, settings, train, translate
 
 app = typer.Typer(
     name="mcl",
@@ -20,9 +20,11 @@ app.add_typer(encoder.app, name="encoder")
 app.add_typer(data.app, name="data")
 app.add_typer(settings.app, name="config")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(registry.app, name="registry")
 app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)
+app.command("retrain")(retrain.retrain)
 app.command("demo")(demo.demo)
 app.command("benchmark")(benchmark.benchmark)
 

@@ -7,10 +7,17 @@ so the routing the model learnt for every language is kept while the fusion and 
 the new data. The candidate is evaluated on every stored test set and promoted only if no marketplace
 regresses more than the gate allows against the champion. A champion with one marketplace has no
 fusion yet; its adapter is retrained instead, as a replacing arrival with the same settings.
+
+Fresh data is used once. A version records what it was trained on (``data_hashes``: an arrival's tables,
+and a retraining's fresh train/valid tables as ``retrain_train``/``retrain_valid``; a retraining also writes
+``fresh_data``: each landing folder with its hashes), and a folder whose train and valid tables some version
+already trained on is skipped with a log line naming that version: a weekly schedule over a landing zone
+nobody has touched since does nothing, instead of retraining (and re-judging) the same folder every week.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -66,6 +73,17 @@ def scheduled_retraining(
     if not fresh:
         log.info("no ready fresh data for %s under %s: nothing to retrain", ",".join(champion.marketplaces), data_root)
         return None
+    # Bad input fails here, before the lock, the registry or any training.
+    data = {f.marketplace: load_marketplace(f.marketplace, f.language, f.train, f.valid, f.test,
+                                            s3_endpoint_url=settings.s3_endpoint_url) for f in fresh}
+    hashes = {m: {"train": table_hash(d.train), "valid": table_hash(d.valid)} for m, d in data.items()}
+    unused = registry.unused_fresh_data(MlflowClient(), {f.marketplace: f.folder for f in fresh}, hashes)
+    if not unused:
+        log.info("every ready fresh folder under %s was already trained on: nothing to retrain", data_root)
+        return None
+    fresh = [f for f in fresh if f.marketplace in unused]
+    data = {m: d for m, d in data.items() if m in unused}
+    hashes = {m: h for m, h in hashes.items() if m in unused}
     if len(champion.marketplaces) == 1:
         log.info("champion has one marketplace and no fusion: retraining its adapter as a replacing arrival")
         try:
@@ -74,13 +92,10 @@ def scheduled_retraining(
         except registry.PromotionRefused as refusal:  # the subflow's refusal is this run's, not a failure of it
             return Failed(name=candidate.REFUSED, message=str(refusal), data=refusal)
 
-    # Bad input fails here, before the lock, the registry or any training.
-    data = {f.marketplace: load_marketplace(f.marketplace, f.language, f.train, f.valid, f.test,
-                                            s3_endpoint_url=settings.s3_endpoint_url) for f in fresh}
     train = pd.concat([d.train for d in data.values()], ignore_index=True)
     valid = pd.concat([d.valid for d in data.values()], ignore_index=True)
     ref = resolve_settings_encoder(settings, encoder)
-    hashes = {m: {"train": table_hash(d.train), "valid": table_hash(d.valid)} for m, d in data.items()}
+    fresh_data = {f.marketplace: {"landing": f.key, **hashes[f.marketplace]} for f in fresh}
     work = settings.cache_dir / "steps" / "retrain"
 
     def train_candidate(parent: str, teacher: Teacher) -> Candidate:
@@ -98,10 +113,12 @@ def scheduled_retraining(
 
     run = candidate.RunSpec(
         kind="retrain", run_name=f"retrain-{'-'.join(data)}", label="retrain " + ",".join(data),
-        tags={"marketplaces": ",".join(data)}, params={"fresh_marketplaces": ",".join(data)},
+        tags={"marketplaces": ",".join(data)},
+        params={"fresh_marketplaces": ",".join(data), **{f"fresh_data.{f.marketplace}": f.key for f in fresh}},
         inputs=[candidate.Inputs(getattr(data[f.marketplace], s), getattr(f, s), f"{f.marketplace}-{s}-fresh", s)
                 for f in fresh for s in ("train", "valid")],
-        work_dir=work,
+        work_dir=work, identity={"fresh": hashes},
+        version_tags={"fresh_data": json.dumps(fresh_data, sort_keys=True)},
     )
     with registry_lock():
         champion = registry.alias_version(MlflowClient(), registry.CHAMPION)  # re-read under the lock

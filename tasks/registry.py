@@ -6,8 +6,12 @@ can be inspected, re-evaluated or used as a teacher without local state:
 content hashes per marketplace), ``auc.<id>`` (test ROC-AUC per marketplace, reported) and ``valid_auc.<id>``
 (validation ROC-AUC, what the gate decides on), ``test_set.<id>`` and ``valid_set.<id>``
 (artifact URI of each marketplace's test table, carried forward from the version that first
-stored it), ``parent_version`` and the gate's verdict. Aliases ``champion`` and ``challenger``
-mark what serves and what was refused.
+stored it), ``parent_version`` and the gate's verdict, ``fingerprint`` (the identity of what produced the
+version: its inputs, teacher, champion and settings; a second registration of the same fingerprint returns the
+first version) and, for a retraining, ``fresh_data`` (the landing folders and data hashes it trained on).
+Aliases ``champion`` and ``challenger`` mark what serves and what was refused; ``previous-champion`` marks the
+version ``champion`` replaced, where a rollback goes (each champion's ``previous_champion`` tag names the one
+before it, so repeated rollbacks walk back through the champions).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,13 +47,22 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "relevance"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"
+FINGERPRINT_TAG = "fingerprint"
 EXPERIMENT = "marketplace-arrivals"
+
+
 def adapter_model_name(marketplace: str) -> str:
     return f"adapter-{marketplace}"
 
 
 class ArrivalRefused(RuntimeError):
     """An arrival the registry cannot take (a marketplace the champion already has, without replace)."""
+
+
+class RegistryError(RuntimeError):
+    """An operator's registry command that cannot be carried out as asked (an unknown version, nothing to roll
+    back to, a promotion that would stop serving marketplaces); the message says what exists or what to pass."""
 
 
 class PromotionRefused(RuntimeError):
@@ -82,6 +96,8 @@ class VersionInfo:
     valid_sets: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    created: datetime | None = None
+    description: str = ""
 
 
 def setup_tracking(tracking_uri: str, artifact_location: str | None, experiment: str = EXPERIMENT) -> str:
@@ -122,6 +138,8 @@ def version_info(client: MlflowClient, version: str, name: str = MODEL_NAME) -> 
         parent=tags.get("parent_version") or None,
         aliases=list(mv.aliases),
         tags=tags,
+        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC) if mv.creation_timestamp else None,
+        description=mv.description or "",
     )
 
 
@@ -235,12 +253,176 @@ def decision_tags(decision: GateDecision) -> dict[str, str]:
             **({"gate_reasons": " | ".join(decision.reasons)} if decision.reasons else {})}
 
 
-def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME) -> str:
-    """Move ``champion`` to the version when it passed, otherwise mark it ``challenger``; returns the alias set."""
-    alias = CHAMPION if decision.passed else CHALLENGER
-    client.set_registered_model_alias(name, alias, version)
+def move_champion(client: MlflowClient, version: str, previous: str | None, name: str = MODEL_NAME) -> None:
+    """``champion`` -> ``version``; the version it leaves keeps ``previous-champion``, so a rollback knows where to go.
+
+    ``previous-champion`` is set first: a crash between the two calls leaves it on the still-serving champion,
+    which a rollback refuses as "already champion", never a champion alias pointing nowhere."""
+    if previous is not None and previous != version:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME,
+                   previous: str | None = None) -> str:
+    """Move ``champion`` to the version when it passed (``previous`` -- the champion it was judged against --
+    becomes ``previous-champion``), otherwise mark it ``challenger``; returns the alias set."""
+    if decision.passed:
+        move_champion(client, version, previous, name)
+        alias = CHAMPION
+    else:
+        alias = CHALLENGER
+        client.set_registered_model_alias(name, alias, version)
     log.info("%s version %s -> @%s", name, version, alias)
     return alias
+
+
+def version_numbers(client: MlflowClient, name: str = MODEL_NAME) -> list[str]:
+    """Every version number of ``name``, ascending (for messages and checks; no per-version reads)."""
+    return sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int)
+
+
+def require_version(client: MlflowClient, version: str, name: str = MODEL_NAME) -> VersionInfo:
+    """The version an operator named, or a :class:`RegistryError` listing the versions that do exist."""
+    known = version_numbers(client, name)
+    if str(version).strip() not in known:
+        raise RegistryError(f"version {version} of {name!r} does not exist; versions: "
+                            + (", ".join(known) if known else "none (nothing is registered yet)"))
+    return version_info(client, str(version).strip(), name)
+
+
+def version_with_fingerprint(client: MlflowClient, fingerprint: str, name: str = MODEL_NAME) -> VersionInfo | None:
+    """The version registered with this fingerprint (the oldest if a store predating the check holds several)."""
+    found = client.search_model_versions(f"name = '{name}' AND tags.{FINGERPRINT_TAG} = '{fingerprint}'")
+    if not found:
+        return None
+    return version_info(client, str(min(int(v.version) for v in found)), name)
+
+
+def _listed(value: str | None) -> list[str]:
+    return [x for x in (value or "").split(" | ") if x]
+
+
+def registration_of(client: MlflowClient, info: VersionInfo, name: str = MODEL_NAME) -> Registration:
+    """An existing version read back as the :class:`Registration` that created it (its verdict from its tags,
+    the alias it holds now, its adapter version), for a duplicate request that must not register again."""
+    alias = next((a for a in (CHAMPION, CHALLENGER, PREVIOUS_CHAMPION) if a in info.aliases), "none")
+    checks = info.tags.get("gate_checks", "")
+    mid = info.tags.get("marketplace")
+    adapter = None
+    if mid:
+        found = client.search_model_versions(f"name = '{adapter_model_name(mid)}' "
+                                             f"AND tags.relevance_version = '{info.version}'")
+        adapter = str(found[0].version) if found else None
+    return Registration(info.version, alias, info.tags.get("gate") == "passed", _listed(info.tags.get("gate_reasons")),
+                        [] if checks == "first version" else _listed(checks), adapter)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ChampionMove:
+    """What a promotion or rollback did: the new champion, the one it replaced, and what now sits at
+    ``previous-champion`` (where the next rollback would go; None: nowhere)."""
+
+    champion: str
+    replaced: str | None
+    previous_champion: str | None
+    dropped: list[str] = field(default_factory=list)  # marketplaces the replaced champion served and this one lacks
+
+
+def promote(client: MlflowClient, version: str, *, force: bool = False, name: str = MODEL_NAME) -> ChampionMove:
+    """Make ``version`` the champion by hand (e.g. a challenger a reviewer accepts), bypassing the gate.
+
+    Refused unless ``force`` when the version lacks a marketplace the champion serves: every caller of
+    ``models:/relevance@champion`` for that marketplace would start failing. The promotion is recorded on the
+    version (``previous_champion``, ``promoted_at``, ``promoted_by``) and the replaced champion keeps
+    ``previous-champion``."""
+    target = require_version(client, version, name)
+    champion = alias_version(client, CHAMPION, name)
+    if champion is not None and champion.version == target.version:
+        raise RegistryError(f"version {target.version} of {name!r} is already @{CHAMPION}")
+    dropped = [m for m in champion.marketplaces if m not in target.marketplaces] if champion else []
+    if dropped and not force:
+        raise RegistryError(
+            f"version {target.version} of {name!r} has marketplaces {','.join(target.marketplaces) or 'none'}, not "
+            f"all of @{CHAMPION}'s (version {champion.version}: {','.join(champion.marketplaces)}); promoting it "
+            f"would stop serving {','.join(dropped)}. Pass --force to promote it anyway")
+    move_champion(client, target.version, champion.version if champion else None, name)
+    if CHALLENGER in target.aliases:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    record = {"previous_champion": champion.version if champion else "", "promoted_at": _now(),
+              "promoted_by": "manual" + (f" --force (dropped {','.join(dropped)})" if dropped else "")}
+    for key, value in record.items():
+        client.set_model_version_tag(name, target.version, key, value)
+    log.info("%s version %s -> @%s by hand (was version %s)", name, target.version, CHAMPION,
+             champion.version if champion else "none")
+    return ChampionMove(target.version, champion.version if champion else None,
+                        champion.version if champion else None, dropped)
+
+
+def rollback(client: MlflowClient, name: str = MODEL_NAME) -> ChampionMove:
+    """Move ``champion`` back to ``previous-champion`` and record it on the version rolled back from
+    (``rolled_back_at``, ``rolled_back_to``).
+
+    ``previous-champion`` then moves one step further back (the restored version's ``previous_champion`` tag,
+    when that version still exists), so rolling back twice undoes two promotions; with no older champion
+    recorded the alias is removed and a further rollback is refused."""
+    previous = alias_version(client, PREVIOUS_CHAMPION, name)
+    champion = alias_version(client, CHAMPION, name)
+    if previous is None:
+        raise RegistryError(f"{name!r} has no @{PREVIOUS_CHAMPION} to roll back to"
+                            + (f" (@{CHAMPION} is version {champion.version})" if champion else "")
+                            + "; promote a version by number instead: mcl registry promote VERSION")
+    if champion is not None and champion.version == previous.version:
+        raise RegistryError(f"@{PREVIOUS_CHAMPION} and @{CHAMPION} are both version {champion.version} of {name!r}: "
+                            "nothing to roll back; promote a version by number instead")
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    before = previous.tags.get("previous_champion") or None
+    if before is not None and (before == previous.version or before not in version_numbers(client, name)):
+        before = None
+    if before is None:
+        client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    else:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, before)
+    if champion is not None:
+        client.set_model_version_tag(name, champion.version, "rolled_back_at", _now())
+        client.set_model_version_tag(name, champion.version, "rolled_back_to", previous.version)
+    log.info("%s @%s rolled back from version %s to %s", name, CHAMPION, champion.version if champion else "none",
+             previous.version)
+    return ChampionMove(previous.version, champion.version if champion else None, before)
+
+
+def used_training_data(client: MlflowClient, name: str = MODEL_NAME) -> dict[str, dict[tuple[str, str], str]]:
+    """Per marketplace, every (train, valid) content-hash pair some version was trained on -> the oldest such
+    version: an arrival's tables (``data_hashes`` train/valid) and a retraining's fresh tables (retrain_train/
+    retrain_valid). What a scheduled retraining must not train on again."""
+    used: dict[str, dict[tuple[str, str], str]] = {}
+    for info in registry_state(client, name):
+        for mid, hashes in info.data_hashes.items():
+            for prefix in ("", "retrain_"):
+                pair = (hashes.get(f"{prefix}train"), hashes.get(f"{prefix}valid"))
+                if pair[0] and pair[1]:
+                    used.setdefault(mid, {}).setdefault(pair, info.version)
+    return used
+
+
+def unused_fresh_data(client: MlflowClient, folders: Mapping[str, str],
+                      hashes: Mapping[str, Mapping[str, str]], name: str = MODEL_NAME) -> list[str]:
+    """The marketplaces whose fresh train and valid tables no registered version has trained on yet; each one
+    skipped is logged with the version that used its data (what an operator needs to see why nothing ran)."""
+    used = used_training_data(client, name)
+    unused = []
+    for mid, h in hashes.items():
+        version = used.get(mid, {}).get((h["train"], h["valid"]))
+        if version is None:
+            unused.append(mid)
+        else:
+            log.info("fresh data for %s in %s was already trained on by %s version %s (train sha256 %s): skipped",
+                     mid, folders[mid], name, version, h["train"][:12])
+    return unused
 
 
 @contextmanager
@@ -292,6 +474,9 @@ class RegistrationRequest:
     work_dir: Path
     kind: str = "arrival"
     examples: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # tables to take the input example from
+    # Identity of what produced the candidate; a version already registered with it is returned, not duplicated.
+    fingerprint: str = ""
+    extra_tags: Mapping[str, str] = field(default_factory=dict)  # e.g. a retraining's fresh_data
 
 
 def _store_tables(tables: Mapping[str, pd.DataFrame], work_dir: Path, folder: str) -> dict[str, str]:
@@ -325,9 +510,18 @@ def register(request: RegistrationRequest) -> Registration:
     Runs inside the active MLflow run, which becomes the version's source run: the run that holds the plots
     and the model card (the flow's parent run; ``register_task`` makes sure of it). Every version tag, the gate's
     verdict included, is written with the version itself; only the alias moves afterwards.
+
+    A request whose ``fingerprint`` a version already carries (a duplicate event, a rerun after a crash past
+    this point) stores nothing and returns that version: the same model is never registered twice.
     """
     r = request
     client = MlflowClient()
+    if r.fingerprint:
+        existing = version_with_fingerprint(client, r.fingerprint)
+        if existing is not None:
+            log.info("%s version %s already holds fingerprint %s: not registered again", MODEL_NAME,
+                     existing.version, r.fingerprint[:16])
+            return registration_of(client, existing)
     uris = _store_tables(r.new_tests, r.work_dir, "test_sets")
     valid_uris = _store_tables(r.new_valids, r.work_dir, "valid_sets")
     ev = r.evaluation
@@ -339,12 +533,16 @@ def register(request: RegistrationRequest) -> Registration:
         parent=r.parent, marketplaces=r.marketplaces, languages=r.languages, aucs=ev.aucs, test_sets=uris,
         data_hashes=r.data_hashes, valid_aucs=ev.valid_aucs, valid_sets=valid_uris,
         extra={"kind": r.kind, "marketplace": r.new_marketplace or "", "encoder": r.encoder.name,
-               "encoder_checksum": r.encoder.checksum, **adapter_tag, **decision_tags(decision)},
+               "encoder_checksum": r.encoder.checksum, **adapter_tag, **decision_tags(decision),
+               **({FINGERPRINT_TAG: r.fingerprint} if r.fingerprint else {}),
+               # the champion this one replaces, for rollbacks that walk back more than one step
+               **({"previous_champion": r.champion.version} if decision.passed and r.champion else {}),
+               **r.extra_tags},
     )
     examples = {m: r.examples[m] for m in r.marketplaces if m in r.examples}
     version = log_relevance_pyfunc(Path(r.model_dir), r.encoder, registered_name=MODEL_NAME, tags=tags,
                                    example=input_example(examples) if examples else None)
-    alias = apply_decision(client, version, decision)
+    alias = apply_decision(client, version, decision, previous=r.champion.version if r.champion else None)
     adapter_version = None
     if r.new_marketplace is not None:
         mid = r.new_marketplace

@@ -269,7 +269,7 @@ def test_mcl_config_show_prints_the_configuration_it_would_use():
     assert GateConfig.model_validate(gate) == GateConfig()
 
 
-def test_retraining_fallback_keeps_every_option(monkeypatch, tmp_path):
+def test_retraining_fallback_keeps_every_option(monkeypatch, tmp_path, demo_data):
     """A one-marketplace champion is retrained as a replacing arrival with exactly the settings it was given."""
     from flows import retrain
     from tasks import registry
@@ -278,9 +278,13 @@ def test_retraining_fallback_keeps_every_option(monkeypatch, tmp_path):
     _, learner, gate = _everything_changed()
     champion = registry.VersionInfo(version="1", run_id="r", source="s", marketplaces=["en"], languages=["en"],
                                     aucs={}, test_sets={}, data_hashes={}, parent=None)
-    landing = Landing("en", "en", "t.parquet", "v.parquet", "x.parquet", marker="m1")
+    import mlflow
+
+    train, valid, test = (str(demo_data / "en" / f"{split}.parquet") for split in ("train", "valid", "test"))
+    landing = Landing("en", "en", train, valid, test, marker="m1")
     calls = []
-    monkeypatch.setattr("flows.candidate.start_tracking", lambda settings: None)
+    monkeypatch.setattr("flows.candidate.start_tracking",
+                        lambda settings: mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db"))
     monkeypatch.setattr(registry, "alias_version", lambda client, alias: champion)
     monkeypatch.setattr(retrain, "scan_landing_zone", lambda root, **kw: [landing])
     monkeypatch.setattr(retrain, "marketplace_arrival", lambda **kwargs: calls.append(kwargs) or {"version": "2"})
@@ -288,4 +292,4 @@ def test_retraining_fallback_keeps_every_option(monkeypatch, tmp_path):
     assert retrain.scheduled_retraining.fn(str(tmp_path), learner=learner, gate=gate, encoder="enc") == {"version": "2"}
     (call,) = calls
     assert call["learner"] == learner and call["gate"] == gate and call["replace"] is True
-    assert call["encoder"] == "enc" and call["marketplace"] == "en" and call["train"] == "t.parquet"
+    assert call["encoder"] == "enc" and call["marketplace"] == "en" and call["train"] == train

@@ -5,9 +5,12 @@ fusion step without retraining the adapter, and the champion pyfunc scoring rows
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -214,6 +217,11 @@ def test_gate_failure_registers_a_challenger_and_keeps_the_champion(mcl, tiny_en
     challenger = registry.alias_version(c, registry.CHALLENGER)
     assert challenger.version == "2" and challenger.tags["gate"] == "failed"
     assert "adapter-only" in challenger.tags["gate_reasons"]
+    # the same upload delivered again (a duplicate event): the same verdict on the same version, no second challenger
+    with pytest.raises(registry.PromotionRefused, match="version 2 of 'relevance' was not promoted"):
+        arrive(mcl, tiny_encoder, "es", gate={"max_regression": 1.0, "adapter_margin": 1.0})
+    assert [v.version for v in registry_versions()] == ["1", "2"]
+    assert len(c.search_model_versions("name = 'adapter-es'")) == 1
     # the next arrival still builds on the champion (en only), not on the refused challenger
     third = arrive(mcl, tiny_encoder, "fr", **LENIENT)
     assert third["version"] == "3" and set(third["aucs"]) == {"en", "fr"}
@@ -367,6 +375,24 @@ def test_mcl_arrive_reports_bad_input_and_exits_1(mcl, tiny_encoder):
     assert registry_versions() == []
 
 
+@contextmanager
+def log_lines(name: str) -> Iterator[list[str]]:
+    """The messages logged to ``name`` meanwhile, from a handler on that logger itself: Prefect reconfigures the root
+    logger on the session's first flow run, which drops pytest's caplog handler mid-test."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def registry_versions():
     from tasks import registry
 
@@ -388,19 +414,32 @@ def test_scheduled_retraining_replaces_the_latest_marketplace_from_fresh_data(mc
     from tasks.settings import get_settings
 
     get_settings.cache_clear()
+    learner = {**LEARNER, "adapter": {"epochs": 1, "batch_size": 16}}
+    # the very tables version 1 was trained on, uploaded again as "fresh": nothing new, nothing trained
     (mcl / "data" / "en").rename(fresh / "en")
     (fresh / "en" / "_READY").write_text('{"language": "en"}')
-    learner = {**LEARNER, "adapter": {"epochs": 1, "batch_size": 16}}
+    with log_lines("tasks.registry") as lines:
+        assert scheduled_retraining(str(fresh), learner=learner) is None
+    assert any(line.startswith(f"fresh data for en in {fresh / 'en'} was already trained on by relevance version 1 ")
+               for line in lines), lines
+    for split, path in write_marketplace(mcl / "second-batch", "en", n=48).items():
+        Path(path).replace(fresh / "en" / f"{split}.parquet")
     result = scheduled_retraining(str(fresh), learner=learner)
     assert result["version"] == "2" and result["alias"] == "champion"
     champion = registry.alias_version(client(), registry.CHAMPION)
     assert champion.marketplaces == ["en"] and champion.parent is None
+    # next week, the same folder: already used by version 2, so nothing is trained or registered
+    with log_lines("tasks.registry") as lines:
+        assert scheduled_retraining(str(fresh), learner=learner) is None
+    assert any("was already trained on by relevance version 2 " in line for line in lines), lines
+    assert [v.version for v in registry_versions()] == ["1", "2"]
 
 
 def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, tiny_encoder, monkeypatch):
     from flows.retrain import scheduled_retraining
     from models.relevance import RelevanceModel
     from tasks import registry
+    from tasks.landing import scan_landing_zone
     from tasks.settings import get_settings
 
     arrive(mcl, tiny_encoder, "en")
@@ -425,6 +464,19 @@ def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, t
     runs = c.search_runs([c.get_experiment_by_name(registry.EXPERIMENT).experiment_id],
                          filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
     assert {r.info.run_name for r in runs} == {"re-distill-fusion", "evaluate", "register"}
+    # what it trained on is recorded: the landing folder (its upload key) and the tables' hashes
+    (landing,) = scan_landing_zone(mcl / "fresh")
+    assert json.loads(after.tags["fresh_data"]) == {"es": {"landing": landing.key,
+                                                           "train": after.data_hashes["es"]["retrain_train"],
+                                                           "valid": after.data_hashes["es"]["retrain_valid"]}}
+    assert c.get_run(result["run_id"]).data.params["fresh_data.es"] == landing.key
+    # the next scheduled run over the same folder does nothing, and says why
+    with log_lines("tasks.registry") as lines:
+        assert scheduled_retraining(str(mcl / "fresh"), learner={**LEARNER, "distill": {"warm_start": True}},
+                                    gate={"max_regression": 1.0}) is None
+    assert any(line.startswith(f"fresh data for es in {fresh} was already trained on by relevance version 3 ")
+               for line in lines), lines
+    assert registry.alias_version(c, registry.CHAMPION).version == "3" and len(registry_versions()) == 3
 
     ref = _ref(c, after, tiny_encoder)
     old = RelevanceModel.load(registry.model_folder(before, mcl / "dl"), ref).net.state_dict()
@@ -452,3 +504,30 @@ def test_two_arrivals_at_once_are_serialised_and_the_registry_never_forks(mcl, t
     assert len(third.marketplaces) == 3 and set(third.marketplaces) == {"en", "es", "fr"}
     assert third.marketplaces[:2] == second.marketplaces
     assert registry.alias_version(c, registry.CHAMPION).version == "3"
+
+
+def test_mcl_retrain_runs_the_flow_here_and_says_why_nothing_ran(mcl, tiny_encoder, monkeypatch):
+    """``mcl retrain ROOT``: the scheduled retraining run now; a folder holding what the champion was trained on is
+    skipped with the reason in the log, the command says there was nothing to retrain and exits 0; a bad setting
+    is a usage error before any flow runs."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.console import console
+    from tasks.settings import get_settings
+
+    arrive(mcl, tiny_encoder, "en")
+    fresh = mcl / "fresh"
+    fresh.mkdir()
+    (mcl / "data" / "en").rename(fresh / "en")
+    (fresh / "en" / "_READY").write_text('{"language": "en"}')
+    monkeypatch.setenv("MCL_ENCODER", str(tiny_encoder.path))
+    get_settings.cache_clear()
+    monkeypatch.setattr(console, "width", 400)
+    result = CliRunner().invoke(app, ["retrain", str(fresh), "--set", "device=cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"fresh data for en in {fresh / 'en'} was already trained on by relevance version 1" in result.output
+    assert f"nothing to retrain under {fresh}" in result.output
+    assert [v.version for v in registry_versions()] == ["1"]
+    bad = CliRunner().invoke(app, ["retrain", str(fresh), "--set", "fusion.nonsense=1"])
+    assert bad.exit_code == 2 and "nonsense" in bad.output and "Traceback" not in bad.output

@@ -220,3 +220,100 @@ def test_register_writes_one_complete_version_on_the_parent_run(tiny_encoder, tm
         assert by_adapter != pytest.approx(fused.tolist(), abs=1e-4)  # the param changed the scores
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_registering_the_same_fingerprint_twice_keeps_one_version_and_a_promotion_keeps_the_previous_champion(
+        tiny_encoder, tmp_path):
+    """A duplicate request (same fingerprint: a re-delivered event, a rerun) returns the version registered first and
+    creates nothing, neither a relevance nor an adapter version; a new fingerprint that passes the gate becomes
+    champion and leaves ``previous-champion`` on the version it replaced, where a rollback goes."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from models.pairs import TextFormat
+    from models.relevance import MarketplaceSpec, RelevanceModel
+    from tasks.records import Evaluation
+    from tests.conftest import make_pairs
+
+    registry.setup_tracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(16), device="cpu")
+    model.add_marketplace(MarketplaceSpec("en", "en"))
+    model_dir = model.save(tmp_path / "model")
+    pairs = make_pairs("en", 8, 1)
+    table = pd.DataFrame({"query": pairs.queries, "product_title": pairs.titles, "label": pairs.labels})
+    evaluation = Evaluation(aucs={"en": 0.7}, adapter_auc=None, attention={}, valid_aucs={"en": 0.71})
+
+    def request(fingerprint, **changes):
+        return registry.RegistrationRequest(**{
+            "model_dir": str(model_dir), "encoder": tiny_encoder, "marketplaces": ["en"], "languages": ["en"],
+            "new_marketplace": "en", "parent": None, "champion": None, "evaluation": evaluation,
+            "new_tests": {"en": table}, "new_valids": {"en": table},
+            "data_hashes": {"en": {"train": "a", "valid": "b", "test": "c"}}, "gate": DEFAULT,
+            "work_dir": tmp_path / "work" / fingerprint, "fingerprint": fingerprint, "examples": {"en": table},
+            **changes})
+
+    def versions(name=registry.MODEL_NAME):
+        return sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+
+    client = MlflowClient()
+    try:
+        with mlflow.start_run():
+            first = registry.register(request("fp-1"))
+        with mlflow.start_run():
+            again = registry.register(request("fp-1"))
+        assert (first.version, first.alias, first.adapter_version) == ("1", "champion", "1")
+        assert again == first
+        assert versions() == ["1"] and versions(registry.adapter_model_name("en")) == ["1"]
+        assert client.get_model_version(registry.MODEL_NAME, "1").tags[registry.FINGERPRINT_TAG] == "fp-1"
+
+        champion = registry.version_info(client, "1")
+        with mlflow.start_run():
+            retrained = registry.register(request("fp-2", new_marketplace=None, parent=champion, champion=champion,
+                                                  new_tests={}, new_valids={}, kind="retrain",
+                                                  extra_tags={"fresh_data": '{"en": {"landing": "x@1"}}'}))
+        assert (retrained.version, retrained.alias, retrained.adapter_version) == ("2", "champion", None)
+        assert versions() == ["1", "2"]
+        second = registry.version_info(client, "2")
+        assert second.aliases == ["champion"] and registry.version_info(client, "1").aliases == ["previous-champion"]
+        assert second.tags["previous_champion"] == "1" and second.tags["fresh_data"] == '{"en": {"landing": "x@1"}}'
+        assert registry.version_with_fingerprint(client, "fp-2").version == "2"
+        assert registry.version_with_fingerprint(client, "fp-3") is None
+        move = registry.rollback(client)
+        assert (move.champion, move.replaced, move.previous_champion) == ("1", "2", None)
+        assert registry.alias_version(client, registry.CHAMPION).version == "1"
+        assert registry.alias_version(client, registry.PREVIOUS_CHAMPION) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_fresh_data_some_version_trained_on_is_not_used_again(tmp_path, caplog):
+    """An arrival's train/valid tables and a retraining's fresh ones count as used, per marketplace; only the pair
+    (train and valid) identifies a use, and each skip names the version that used the data."""
+    import json
+    import logging
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    registry.setup_tracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    client = MlflowClient()
+    client.create_registered_model(registry.MODEL_NAME)
+    for hashes in ({"en": {"train": "t1", "valid": "v1", "test": "x"}},
+                   {"en": {"train": "t1", "valid": "v1", "test": "x"}, "es": {"train": "t2", "valid": "v2"}},
+                   {"en": {"train": "t1", "valid": "v1", "test": "x", "retrain_train": "t3", "retrain_valid": "v3"},
+                    "es": {"train": "t2", "valid": "v2"}}):
+        client.create_model_version(registry.MODEL_NAME, str(tmp_path), tags={"data_hashes": json.dumps(hashes)})
+    try:
+        assert registry.used_training_data(client) == {"en": {("t1", "v1"): "1", ("t3", "v3"): "3"},
+                                                        "es": {("t2", "v2"): "2"}}
+        folders = {"en": "/zone/en", "es": "/zone/es", "fr": "/zone/fr"}
+        with caplog.at_level(logging.INFO, logger="tasks.registry"):
+            unused = registry.unused_fresh_data(client, folders, {"en": {"train": "t3", "valid": "v3"},
+                                                                  "es": {"train": "t2", "valid": "new"},
+                                                                  "fr": {"train": "t2", "valid": "v2"}})
+        assert unused == ["es", "fr"]
+        assert [r.getMessage() for r in caplog.records if r.name == "tasks.registry"] == [
+            "fresh data for en in /zone/en was already trained on by relevance version 3 (train sha256 t3): skipped"]
+    finally:
+        mlflow.set_tracking_uri(None)

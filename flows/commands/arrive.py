@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
-from flows.console import configure_logging, console, matrix_table
+from flows.console import configure_logging, console
 
 
 def patient_local_prefect() -> None:
@@ -19,36 +19,11 @@ def patient_local_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def registry_tables(client: Any) -> list[Any]:
-    """The registry as a reviewer wants it: every version with its aliases and gate verdict, and R[t][k]
-    along the champion's lineage."""
-    import numpy as np
-    from rich.table import Table
-
-    from tasks import registry
-
-    versions = registry.registry_state(client)
-    state = Table(title=f"registry: {registry.MODEL_NAME}")
-    for column in ("version", "marketplaces", "aliases", "gate", "ROC-AUC per marketplace"):
-        state.add_column(column)
-    for v in versions:
-        state.add_row(v.version, ",".join(v.marketplaces), ",".join(f"@{a}" for a in v.aliases) or "-",
-                      v.tags.get("gate", "-"), "  ".join(f"{k} {a:.4f}" for k, a in v.aucs.items()))
-    tables: list[Any] = [state]
-    champion = registry.alias_version(client, registry.CHAMPION)
-    if champion is not None:
-        chain = registry.lineage(client, champion)
-        ids = champion.marketplaces
-        matrix = np.array([[v.aucs.get(m, np.nan) for m in ids] for v in chain])
-        if len(chain) == len(ids):
-            tables.append(matrix_table(ids, matrix, title=f"ROC-AUC R[t][k] along {registry.MODEL_NAME}@champion"))
-    return tables
-
-
 def print_registry() -> None:
     from mlflow.tracking import MlflowClient
 
     from flows.candidate import start_tracking
+    from flows.commands.registry import registry_tables
     from tasks.settings import get_settings
 
     start_tracking(get_settings())
