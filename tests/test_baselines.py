@@ -70,7 +70,7 @@ def test_trainable_parameters_per_method(tiny_encoder, marketplaces):
     two = marketplaces[:2]
     probe = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     for spec in (m.spec for m in two):
-        probe.add_marketplace(spec)
+        probe.add_marketplace(spec, LEARNER.reduction_factor)
     adapter_and_head = sum(p.numel() for p in probe.parameters_of(adapters_=["es"], heads=["es"]))
     fusion = probe.add_fusion(["en", "es"])
     fusion_and_head = sum(p.numel() for p in probe.parameters_of(fusion=fusion, heads=[fusion]))

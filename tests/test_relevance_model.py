@@ -182,9 +182,9 @@ def test_adapter_capacity_and_distinct_initialisation_are_settings(tiny_encoder,
     distinct = first_adapter(seed_per_marketplace=True)
     a, b = (distinct.parameters_of(adapters_=[m]) for m in ("en", "es"))
     assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    small, big = first_adapter(), first_adapter(reduction_factor=4)
-    units = {m: m.parameters_of(adapters_=["en"])[0].shape[0] for m in (small, big)}  # the down projection's rows
-    assert units[small] == 32 // 16 and units[big] == 32 // 4
+    default, paper, big = first_adapter(), first_adapter(reduction_factor=16), first_adapter(reduction_factor=4)
+    units = {m: m.parameters_of(adapters_=["en"])[0].shape[0] for m in (default, paper, big)}  # down projection rows
+    assert (units[default], units[paper], units[big]) == (32 // 8, 32 // 16, 32 // 4)
 
 
 def test_mean_pooling_and_prefixes_belong_to_the_saved_model(tiny_encoder, marketplaces, tmp_path):
