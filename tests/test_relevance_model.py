@@ -210,7 +210,8 @@ def test_mean_pooling_and_prefixes_belong_to_the_saved_model(tiny_encoder, marke
     assert loaded.text == model.text
     np.testing.assert_allclose(loaded.predict_proba(test), expected, atol=1e-6)
     loaded.text = dataclasses.replace(loaded.text, pooling="cls")
-    assert not np.allclose(loaded.predict_proba(test), expected, atol=1e-3), "the heads must read the mean"
+    # a barely trained tiny model scores near 0.5 either way: the read-outs differ by ~1e-4, far above float noise
+    assert np.abs(loaded.predict_proba(test) - expected).max() > 1e-5, "the heads must read the mean"
 
     del manifest["text_format"]  # a model saved before the text format existed: raw texts read at [CLS]
     (folder / "manifest.json").write_text(json.dumps(manifest))
