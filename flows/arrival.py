@@ -125,8 +125,14 @@ def marketplace_arrival(
     )
     with registry_lock():
         client = MlflowClient()
-        teacher = registry.teacher_for_arrival(client, marketplace, replace=replace)
         champion = registry.alias_version(client, registry.CHAMPION)
+        if not replace and registry.learnt_from(champion, marketplace, hashes):
+            # A repeated event for an upload already learnt (an operator's re-emit, a re-marked folder with the
+            # same tables): nothing to train or register, and nothing an on-call alert should fire for.
+            log.info("%s: %s@%s (version %s) already learnt it from exactly these tables; nothing to do",
+                     marketplace, registry.MODEL_NAME, registry.CHAMPION, champion.version)
+            return candidate.existing_summary(client, champion)
+        teacher = registry.teacher_for_arrival(client, marketplace, replace=replace)
         summary = candidate.run_candidate(run, teacher, champion, ref, learner, gate, settings, train_candidate)
     if not summary["passed"]:
         return candidate.refused_state(summary)

@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import alerts, arrive, benchmark, data, demo, encoder, registry, retrain, settings, train, translate
+from flows.commands import (
+    alerts,
+    arrive,
+    benchmark,
+    data,
+    demo,
+    encoder,
+    registry,
+    retrain,
+    settings,
+    train,
+    translate,
+    watch,
+)
 
 app = typer.Typer(
     name="mcl",
@@ -25,6 +38,7 @@ app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)
 app.command("retrain")(retrain.retrain)
+app.command("watch")(watch.watch)
 app.command("demo")(demo.demo)
 app.command("benchmark")(benchmark.benchmark)
 

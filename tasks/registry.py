@@ -49,6 +49,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 FINGERPRINT_TAG = "fingerprint"
+# "pending" from the version's creation until its alias and adapter model are set, then "complete".
+REGISTRATION_TAG = "registration"
 EXPERIMENT = "marketplace-arrivals"
 
 
@@ -150,6 +152,11 @@ def alias_version(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> V
     except MlflowException:
         return None
     return version_info(client, str(mv.version), name)
+
+
+def learnt_from(info: VersionInfo | None, marketplace: str, hashes: Mapping[str, str]) -> bool:
+    """Whether ``info`` holds ``marketplace`` trained on exactly these tables (split -> content hash)."""
+    return info is not None and marketplace in info.marketplaces and info.data_hashes.get(marketplace) == dict(hashes)
 
 
 def teacher_for_arrival(client: MlflowClient, marketplace: str, *, replace: bool) -> VersionInfo | None:
@@ -263,11 +270,11 @@ def move_champion(client: MlflowClient, version: str, previous: str | None, name
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
-def apply_decision(client: MlflowClient, version: str, decision: GateDecision, name: str = MODEL_NAME,
+def apply_decision(client: MlflowClient, version: str, passed: bool, name: str = MODEL_NAME,
                    previous: str | None = None) -> str:
-    """Move ``champion`` to the version when it passed (``previous`` -- the champion it was judged against --
-    becomes ``previous-champion``), otherwise mark it ``challenger``; returns the alias set."""
-    if decision.passed:
+    """Move ``champion`` to the version when it passed the gate (``previous`` -- the champion it was judged
+    against -- becomes ``previous-champion``), otherwise mark it ``challenger``; returns the alias set."""
+    if passed:
         move_champion(client, version, previous, name)
         alias = CHAMPION
     else:
@@ -303,17 +310,20 @@ def _listed(value: str | None) -> list[str]:
     return [x for x in (value or "").split(" | ") if x]
 
 
+def adapter_version_of(client: MlflowClient, marketplace: str, version: str) -> str | None:
+    """The ``adapter-<marketplace>`` version registered with ``relevance`` version ``version``, if any."""
+    found = client.search_model_versions(f"name = '{adapter_model_name(marketplace)}' "
+                                         f"AND tags.relevance_version = '{version}'")
+    return str(found[0].version) if found else None
+
+
 def registration_of(client: MlflowClient, info: VersionInfo, name: str = MODEL_NAME) -> Registration:
     """An existing version read back as the :class:`Registration` that created it (its verdict from its tags,
     the alias it holds now, its adapter version), for a duplicate request that must not register again."""
     alias = next((a for a in (CHAMPION, CHALLENGER, PREVIOUS_CHAMPION) if a in info.aliases), "none")
     checks = info.tags.get("gate_checks", "")
     mid = info.tags.get("marketplace")
-    adapter = None
-    if mid:
-        found = client.search_model_versions(f"name = '{adapter_model_name(mid)}' "
-                                             f"AND tags.relevance_version = '{info.version}'")
-        adapter = str(found[0].version) if found else None
+    adapter = adapter_version_of(client, mid, info.version) if mid else None
     return Registration(info.version, alias, info.tags.get("gate") == "passed", _listed(info.tags.get("gate_reasons")),
                         [] if checks == "first version" else _listed(checks), adapter)
 
@@ -504,6 +514,33 @@ def _gate_scores(champion: VersionInfo | None,
     return before, after, on
 
 
+def _complete(client: MlflowClient, r: RegistrationRequest, info: VersionInfo) -> tuple[str, str | None]:
+    """What follows the version's creation: its alias (from the gate verdict in its tags) and the new
+    marketplace's adapter model; then ``registration=complete``. The only part a crash or an MLflow outage can cut
+    once the version exists, so a retry that finds the version by fingerprint runs just this, once."""
+    alias = apply_decision(client, info.version, info.tags.get("gate") == "passed",
+                           previous=r.champion.version if r.champion else None)
+    adapter_version = None
+    if r.new_marketplace is not None:
+        mid = r.new_marketplace
+        adapter_version = adapter_version_of(client, mid, info.version)
+        if adapter_version is None:
+            ev = r.evaluation
+            single = single_adapter_folder(r.model_dir, mid, r.work_dir / f"adapter-{mid}")
+            own_auc = ev.adapter_auc if ev.adapter_auc is not None else ev.aucs[mid]
+            adapter_version = log_relevance_pyfunc(
+                single, r.encoder, registered_name=adapter_model_name(mid),
+                tags={"marketplace_order": mid, "languages": r.languages[r.marketplaces.index(mid)],
+                      f"auc.{mid}": f"{own_auc:.6f}",
+                      "data_hashes": json.dumps({mid: dict(r.data_hashes.get(mid, {}))}),
+                      f"test_set.{mid}": info.test_sets.get(mid, ""), "relevance_version": info.version},
+                example=input_example({mid: r.examples[mid]}) if mid in r.examples else None,
+                metrics={f"test_auc.{mid}": own_auc},
+            )
+    client.set_model_version_tag(MODEL_NAME, info.version, REGISTRATION_TAG, "complete")
+    return alias, adapter_version
+
+
 def register(request: RegistrationRequest) -> Registration:
     """Store new test sets, register ``relevance`` (+ ``adapter-<id>``), judge it against the champion, set the alias.
 
@@ -519,9 +556,14 @@ def register(request: RegistrationRequest) -> Registration:
     if r.fingerprint:
         existing = version_with_fingerprint(client, r.fingerprint)
         if existing is not None:
-            log.info("%s version %s already holds fingerprint %s: not registered again", MODEL_NAME,
-                     existing.version, r.fingerprint[:16])
-            return registration_of(client, existing)
+            if existing.tags.get(REGISTRATION_TAG) == "pending":
+                log.warning("%s version %s was created but its registration was cut (alias, adapter model): "
+                            "completing it", MODEL_NAME, existing.version)
+                _complete(client, r, existing)
+            else:
+                log.info("%s version %s already holds fingerprint %s: not registered again", MODEL_NAME,
+                         existing.version, r.fingerprint[:16])
+            return registration_of(client, version_info(client, existing.version))
     uris = _store_tables(r.new_tests, r.work_dir, "test_sets")
     valid_uris = _store_tables(r.new_valids, r.work_dir, "valid_sets")
     ev = r.evaluation
@@ -534,26 +576,14 @@ def register(request: RegistrationRequest) -> Registration:
         data_hashes=r.data_hashes, valid_aucs=ev.valid_aucs, valid_sets=valid_uris,
         extra={"kind": r.kind, "marketplace": r.new_marketplace or "", "encoder": r.encoder.name,
                "encoder_checksum": r.encoder.checksum, **adapter_tag, **decision_tags(decision),
-               **({FINGERPRINT_TAG: r.fingerprint} if r.fingerprint else {}),
+               **({FINGERPRINT_TAG: r.fingerprint} if r.fingerprint else {}), REGISTRATION_TAG: "pending",
                # the champion this one replaces, for rollbacks that walk back more than one step
                **({"previous_champion": r.champion.version} if decision.passed and r.champion else {}),
                **r.extra_tags},
     )
     examples = {m: r.examples[m] for m in r.marketplaces if m in r.examples}
+    scores = {**{f"test_auc.{m}": v for m, v in ev.aucs.items()}, **{f"valid_auc.{m}": v for m, v in ev.valid_aucs.items()}}
     version = log_relevance_pyfunc(Path(r.model_dir), r.encoder, registered_name=MODEL_NAME, tags=tags,
-                                   example=input_example(examples) if examples else None)
-    alias = apply_decision(client, version, decision, previous=r.champion.version if r.champion else None)
-    adapter_version = None
-    if r.new_marketplace is not None:
-        mid = r.new_marketplace
-        single = single_adapter_folder(r.model_dir, mid, r.work_dir / f"adapter-{mid}")
-        own_auc = ev.adapter_auc if ev.adapter_auc is not None else ev.aucs[mid]
-        adapter_version = log_relevance_pyfunc(
-            single, r.encoder, registered_name=adapter_model_name(mid),
-            tags={"marketplace_order": mid, "languages": r.languages[r.marketplaces.index(mid)],
-                  f"auc.{mid}": f"{own_auc:.6f}",
-                  "data_hashes": json.dumps({mid: dict(r.data_hashes.get(mid, {}))}),
-                  f"test_set.{mid}": uris.get(mid, ""), "relevance_version": version},
-            example=input_example({mid: r.examples[mid]}) if mid in r.examples else None,
-        )
+                                   example=input_example(examples) if examples else None, metrics=scores)
+    alias, adapter_version = _complete(client, r, version_info(client, version))
     return Registration(version, alias, decision.passed, decision.reasons, decision.checks, adapter_version)

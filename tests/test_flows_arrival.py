@@ -131,9 +131,20 @@ def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, t
     card = Path(c.download_artifacts(second["run_id"], "model_card.md", str(mcl))).read_text()
     assert "relevance v2 (@champion)" in card and "`es` (es)" in card
     assert c.get_model_version(registry.MODEL_NAME, "2").description == card  # the version page shows the card
+    # ... and the scores, linked to the logged model
+    source = c.get_model_version(registry.MODEL_NAME, "2").source  # models:/<logged model id>
+    linked = {m.key: m.value for m in c.get_logged_model(source.removeprefix("models:/")).metrics}
+    assert linked["test_auc.es"] == pytest.approx(second["aucs"]["es"]) and {"valid_auc.en", "valid_auc.es"} <= set(linked)
+
+    # the same upload again (a repeated event): nothing trained or registered, the run completes
+    again = arrive(mcl, tiny_encoder, "es", **LENIENT)
+    assert again["already_registered"] and again["version"] == "2" and again["alias"] == "champion"
+    # other tables for a marketplace the champion has: refused, unless replace=True
+    from flows.arrival import marketplace_arrival
 
     with pytest.raises(registry.ArrivalRefused, match="already in relevance@champion"):
-        arrive(mcl, tiny_encoder, "es", **LENIENT)
+        marketplace_arrival(marketplace="es", language="es", **write_marketplace(mcl / "other", "es", n=48),
+                            encoder=str(tiny_encoder.path), **FAST, **LENIENT)
     assert len(registry.registry_state(c)) == 2
     assert registry.alias_version(c, registry.CHAMPION).version == "2"
 
@@ -145,12 +156,24 @@ def test_arrivals_register_versions_with_tags_aliases_and_refuse_a_repeat(mcl, t
         f"mlflow.set_tracking_uri({os.environ['MCL_TRACKING_URI']!r})\n"
         "model = mlflow.pyfunc.load_model('models:/relevance@champion')\n"
         "rows = pd.read_json(sys.stdin)\n"
+        "import models, tasks.pyfunc\n"
+        "print(json.dumps([models.__file__, tasks.pyfunc.__file__]))\n"
         "print(json.dumps(model.predict(rows)['score'].tolist()))\n"
     )
+    elsewhere = mcl / "elsewhere"
+    elsewhere.mkdir()
     done = subprocess.run([sys.executable, "-c", script], input=rows.to_json(), capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=elsewhere)
     assert done.returncode == 0, done.stderr[-2000:]
-    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    *_, modules, scores = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    # the version runs the code shipped inside it (MLflow's code_paths), not the checkout's
+    repo = Path(__file__).resolve().parents[1]
+    assert all("/code/" in m and not m.startswith(str(repo)) for m in modules), modules
+    import mlflow
+
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/relevance@champion")).read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert all("==" in r for r in requirements if not r.startswith("#")), requirements
     from models.pairs import Pairs
     from models.relevance import RelevanceModel
 

@@ -176,8 +176,14 @@ def test_register_writes_one_complete_version_on_the_parent_run(tiny_encoder, tm
         data_hashes={"es": {"train": "a", "valid": "b", "test": "c"}}, gate=DEFAULT, work_dir=tmp_path / "work",
         examples=tables)
 
-    def one_tag_at_a_time(*args, **kwargs):
-        raise AssertionError("a version tag was set after the version existed")
+    real_set_tag = MlflowClient.set_model_version_tag
+
+    def one_tag_at_a_time(self, name, version, key, value):
+        # every tag that describes the version comes with its creation; only the completion marker follows,
+        # once its alias and adapter model exist (a retry after a cut completes a "pending" version)
+        if (key, value) != (registry.REGISTRATION_TAG, "complete"):
+            raise AssertionError(f"version tag {key!r} was set after the version existed")
+        return real_set_tag(self, name, version, key, value)
 
     monkeypatch.setattr(MlflowClient, "set_model_version_tag", one_tag_at_a_time)
     try:
@@ -223,7 +229,7 @@ def test_register_writes_one_complete_version_on_the_parent_run(tiny_encoder, tm
 
 
 def test_registering_the_same_fingerprint_twice_keeps_one_version_and_a_promotion_keeps_the_previous_champion(
-        tiny_encoder, tmp_path):
+        tiny_encoder, tmp_path, monkeypatch):
     """A duplicate request (same fingerprint: a re-delivered event, a rerun) returns the version registered first and
     creates nothing, neither a relevance nor an adapter version; a new fingerprint that passes the gate becomes
     champion and leaves ``previous-champion`` on the version it replaced, where a rollback goes."""
@@ -283,6 +289,28 @@ def test_registering_the_same_fingerprint_twice_keeps_one_version_and_a_promotio
         assert (move.champion, move.replaced, move.previous_champion) == ("1", "2", None)
         assert registry.alias_version(client, registry.CHAMPION).version == "1"
         assert registry.alias_version(client, registry.PREVIOUS_CHAMPION) is None
+
+        # The tracking server goes away right after the version is created: the version says "pending" and holds
+        # no alias; the retried task finds it by fingerprint and completes it, once (no second version or adapter).
+        def outage(*args, **kwargs):
+            raise ConnectionError("MLflow server unreachable")
+
+        real = registry.apply_decision
+        monkeypatch.setattr(registry, "apply_decision", outage)
+        champion = registry.version_info(client, "1")
+        with mlflow.start_run(), pytest.raises(ConnectionError):
+            registry.register(request("fp-3", champion=champion, parent=champion))
+        cut = registry.version_info(client, "3")
+        assert cut.tags[registry.REGISTRATION_TAG] == "pending" and cut.aliases == []
+        monkeypatch.setattr(registry, "apply_decision", real)
+        with mlflow.start_run():
+            done = registry.register(request("fp-3", champion=champion, parent=champion))
+        assert (done.version, done.alias, done.adapter_version) == ("3", "champion", "2")
+        assert versions() == ["1", "2", "3"] and versions(registry.adapter_model_name("en")) == ["1", "2"]
+        assert registry.version_info(client, "3").tags[registry.REGISTRATION_TAG] == "complete"
+        with mlflow.start_run():
+            assert registry.register(request("fp-3", champion=champion, parent=champion)) == done
+        assert versions() == ["1", "2", "3"] and versions(registry.adapter_model_name("en")) == ["1", "2"]
     finally:
         mlflow.set_tracking_uri(None)
 

@@ -95,3 +95,45 @@ def test_marketplace_folders_and_roots_on_s3(s3) -> None:
         load_data_root(f"s3://{BUCKET}/root", ["fr"], s3_endpoint_url=endpoint)
     with pytest.raises(DataValidationError, match="no such folder"):
         load_marketplace_dir(f"s3://{BUCKET}/elsewhere", s3_endpoint_url=endpoint)
+
+
+def test_transient_s3_errors_are_retried_then_reported(s3) -> None:
+    """503 SlowDown twice (injected at the HTTP layer): the read succeeds on the third attempt; an error that never
+    clears is one DataValidationError after S3_MAX_ATTEMPTS attempts."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    from tasks.data import readers
+
+    endpoint, _ = s3
+    attempts = []
+
+    def slow_down(request, **_):
+        attempts.append(request.url)
+        if len(attempts) <= failures:
+            return AWSResponse(request.url, 503, {}, _Raw(b"<Error><Code>SlowDown</Code></Error>"))
+        return None
+
+    boto3.setup_default_session()
+    boto3.DEFAULT_SESSION.events.register("before-send.s3.GetObject", slow_down)
+    try:
+        failures = 2
+        table = read_table(f"s3://{BUCKET}/root/de/train.parquet", s3_endpoint_url=endpoint)
+        assert len(table) == 4 and len(attempts) == 3
+        attempts.clear()
+        failures = 100
+        with pytest.raises(DataValidationError, match="S3 error SlowDown"):
+            read_table(f"s3://{BUCKET}/root/de/train.parquet", s3_endpoint_url=endpoint)
+        assert len(attempts) == readers.S3_MAX_ATTEMPTS
+    finally:
+        boto3.DEFAULT_SESSION.events.unregister("before-send.s3.GetObject", slow_down)
+
+
+class _Raw:
+    """The raw body botocore reads from an injected response."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body

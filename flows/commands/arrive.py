@@ -43,6 +43,7 @@ def arrive(
     replace: Annotated[bool, typer.Option(help="Retrain a marketplace the champion already has (its most recent one).")] = False,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder (default from settings); must match the champion's.")] = None,
     deployment: Annotated[Optional[str], typer.Option(help="Submit to this deployment (e.g. marketplace-arrival/arrival-gpu) instead of running here.")] = None,
+    watch: Annotated[bool, typer.Option(help="With --deployment: follow the flow run's states and logs until it ends (exit 1 unless Completed).")] = False,
     verbose: bool = False,
 ) -> None:
     """Run the arrival flow: translate-subset, adapter, attention-distilled fusion, evaluate, register + gate.
@@ -56,16 +57,35 @@ def arrive(
         raise typer.Exit(1)
     patient_local_prefect()
     if deployment is not None:
-        from prefect.deployments import run_deployment
-
         submitted = {**parameters, "learner": learner.model_dump(), "gate": gate.model_dump()}
-        run = run_deployment(name=deployment, parameters=submitted, timeout=0)
-        console.print(f"submitted flow run {run.name} ({run.id}) to deployment {deployment}")
+        if not submit(deployment, submitted, watch=watch):
+            raise typer.Exit(1)
         return
     outcome = run_arrival(parameters)
     print_registry()
     if outcome is None:
         raise typer.Exit(1)
+
+
+def submit(deployment: str, parameters: dict[str, Any], *, watch: bool) -> bool:
+    """Create a flow run of ``deployment`` and print where to follow it; with ``watch``, stream its states and
+    logs here (Prefect's own `prefect flow-run watch`) and return whether it completed."""
+    import asyncio
+
+    from prefect.cli.flow_runs_watching import watch_flow_run
+    from prefect.deployments import run_deployment
+    from prefect.utilities.urls import url_for
+
+    run = run_deployment(name=deployment, parameters=parameters, timeout=0)
+    console.print(f"submitted flow run {run.name} ({run.id}) to deployment {deployment}: "
+                  f"{url_for(run) or 'set PREFECT_UI_URL for a link'}", soft_wrap=True)
+    if not watch:
+        return True
+    state = asyncio.run(watch_flow_run(run.id, console)).state
+    name = state.name if state else "unknown"
+    console.print(f"flow run {run.name} ended in state {name}" + (f": {state.message}" if state and state.message else ""),
+                  soft_wrap=True)
+    return bool(state and state.is_completed())
 
 
 def check_data(parameters: dict[str, Any]) -> bool:

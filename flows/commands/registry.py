@@ -118,6 +118,27 @@ def show(version: VersionArgument) -> None:
     console.print(Markdown(info.description) if info.description else "(no model card: the version has no description)")
 
 
+@contextmanager
+def alias_lock() -> Iterator[None]:
+    """On a team stack (a Prefect server configured), hold the lock arrivals and retrainings hold from reading
+    the champion to moving its alias, so a promotion never lands under a run that is building on the champion it
+    replaces; it waits for such a run to finish. Without a server there is nobody to race with."""
+    from flows.commands.arrive import patient_local_prefect
+
+    patient_local_prefect()
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield
+        return
+    from tasks.prefect_tasks import REGISTRY_LOCK, registry_lock
+
+    console.print(f"holding the registry lock {REGISTRY_LOCK!r} (waits while an arrival or retraining runs)",
+                  highlight=False)
+    with registry_lock():
+        yield
+
+
 def promote(
     version: VersionArgument,
     force: Annotated[bool, typer.Option(
@@ -126,7 +147,7 @@ def promote(
     """Move @champion to VERSION (bypassing the gate); the replaced champion keeps @previous-champion."""
     from tasks import registry
 
-    with registry_client() as client:
+    with alias_lock(), registry_client() as client:
         move = registry.promote(client, version, force=force)
     console.print(f"[green]{registry.MODEL_NAME}@{registry.CHAMPION} -> version {move.champion}[/green]"
                   + (f" (was version {move.replaced}, now @{registry.PREVIOUS_CHAMPION})" if move.replaced else "")
@@ -137,7 +158,7 @@ def rollback() -> None:
     """Move @champion back to @previous-champion (recorded on the version rolled back from)."""
     from tasks import registry
 
-    with registry_client() as client:
+    with alias_lock(), registry_client() as client:
         move = registry.rollback(client)
     console.print(f"[green]{registry.MODEL_NAME}@{registry.CHAMPION} rolled back to version {move.champion}[/green]"
                   + (f" (from version {move.replaced})" if move.replaced else "")

@@ -70,10 +70,18 @@ def _split_s3(path: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_client(endpoint: str | None):
-    import boto3
+#: botocore's "standard" retry mode: throttling, 5xx answers and dropped connections are retried with jittered
+#: exponential back-off, up to this many attempts in all, before a read becomes one clear error.
+S3_MAX_ATTEMPTS = 6
 
-    return boto3.client("s3", endpoint_url=endpoint)
+
+def s3_client(endpoint: str | None):
+    """The one way the project talks to S3 (tables, the landing zone): retries transient errors itself."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}))
 
 
 def _s3_error(path: str, endpoint: str | None, err: Exception) -> DataValidationError:
@@ -109,7 +117,7 @@ def read_bytes(path: PathLike, *, s3_endpoint_url: str | None = None) -> bytes:
         if not bucket or not key or key.endswith("/"):
             raise DataValidationError(path, "an S3 file path needs a bucket and a key: s3://bucket/path/file.parquet")
         try:
-            return _s3_client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+            return s3_client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
         except (BotoCoreError, ClientError) as err:
             raise _s3_error(path, endpoint, err) from None
     local = Path(path)
@@ -134,7 +142,7 @@ def list_folder(path: PathLike, *, s3_endpoint_url: str | None = None) -> tuple[
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
         files, folders = [], []
         try:
-            pages = _s3_client(endpoint).get_paginator("list_objects_v2").paginate(
+            pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=prefix, Delimiter="/")
             for page in pages:
                 files += [item["Key"][len(prefix):] for item in page.get("Contents", [])]
