@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, Optional
 
 import typer
 
+from flows.commands.local_prefect import patient_local_prefect
 from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console
-
-
-def patient_local_prefect() -> None:
-    """Give the ephemeral Prefect server time to create its database on a first run or a busy machine
-    (Prefect's default of 20 s is not always enough on 2 cores), and keep it quiet on offline machines (its
-    telemetry logs an ERROR when it cannot reach the internet); must run before Prefect is imported."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def print_registry() -> None:

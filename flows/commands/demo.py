@@ -93,7 +93,8 @@ def demo(
     configure_logging(verbose)
     size = QUICK if quick else FULL
     learner, gate = run_configs("demo", preset or size.preset, config, sets)
-    from flows.commands.arrive import patient_local_prefect, print_registry, run_arrival
+    from flows.commands.arrive import print_registry, run_arrival
+    from flows.commands.local_prefect import patient_local_prefect
 
     patient_local_prefect()
     from tasks.data import generate_demo

@@ -123,7 +123,7 @@ def alias_lock() -> Iterator[None]:
     """On a team stack (a Prefect server configured), hold the lock arrivals and retrainings hold from reading
     the champion to moving its alias, so a promotion never lands under a run that is building on the champion it
     replaces; it waits for such a run to finish. Without a server there is nobody to race with."""
-    from flows.commands.arrive import patient_local_prefect
+    from flows.commands.local_prefect import patient_local_prefect
 
     patient_local_prefect()
     from prefect.settings import PREFECT_API_URL

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands.arrive import patient_local_prefect, print_registry
+from flows.commands.arrive import print_registry
+from flows.commands.local_prefect import patient_local_prefect
 from flows.commands.settings import ConfigOption, PresetOption, SetOption, run_configs
 from flows.console import configure_logging, console
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.commands.arrive import patient_local_prefect
+from flows.commands.local_prefect import patient_local_prefect
 from flows.console import configure_logging, console
 
 

@@ -294,8 +294,6 @@ def test_an_operator_rolls_back_and_promotes_with_the_cli(stack, first_arrival):
     out = run([*mcl, "promote", "2"], env, cwd=REPO)
     assert "relevance@champion -> version 2" in out, out
     assert [v["aliases"] for v in versions(stack)][:2] == [["previous-champion"], ["champion"]]
-    listing = run([*mcl, "list"], {**env, "COLUMNS": "250"}, cwd=REPO)
-    assert "previous-champion" in listing and "champion" in listing, listing
 
 
 SCREENSHOTS = os.environ.get("MCL_SCREENSHOTS")  # a folder: the pages reviewers and on-call look at, as PNG
