@@ -546,7 +546,8 @@ def register(request: RegistrationRequest) -> Registration:
 
     Runs inside the active MLflow run, which becomes the version's source run: the run that holds the plots
     and the model card (the flow's parent run; ``register_task`` makes sure of it). Every version tag, the gate's
-    verdict included, is written with the version itself; only the alias moves afterwards.
+    verdict included, is written with the version itself; afterwards only the alias moves, the adapter model is
+    registered, and ``registration`` turns from ``pending`` to ``complete`` (:func:`_complete`).
 
     A request whose ``fingerprint`` a version already carries (a duplicate event, a rerun after a crash past
     this point) stores nothing and returns that version: the same model is never registered twice.

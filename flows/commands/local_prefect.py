@@ -1,4 +1,4 @@
-"""Settings for the Prefect a command starts in its own process when no server is configured."""
+"""Which Prefect a command talks to: a configured server, or one it starts in its own process (and its settings)."""
 
 from __future__ import annotations
 
@@ -11,3 +11,12 @@ def patient_local_prefect() -> None:
     telemetry logs an ERROR when it cannot reach the internet); must run before Prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def configured_prefect_api() -> str | None:
+    """The Prefect server's API URL this process is configured for (PREFECT_API_URL or a profile), or None when a
+    command would talk to a temporary server of its own; imports Prefect, after the settings above."""
+    patient_local_prefect()
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None

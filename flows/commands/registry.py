@@ -123,12 +123,9 @@ def alias_lock() -> Iterator[None]:
     """On a team stack (a Prefect server configured), hold the lock arrivals and retrainings hold from reading
     the champion to moving its alias, so a promotion never lands under a run that is building on the champion it
     replaces; it waits for such a run to finish. Without a server there is nobody to race with."""
-    from flows.commands.local_prefect import patient_local_prefect
+    from flows.commands.local_prefect import configured_prefect_api
 
-    patient_local_prefect()
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
+    if configured_prefect_api() is None:
         yield
         return
     from tasks.prefect_tasks import REGISTRY_LOCK, registry_lock

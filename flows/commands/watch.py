@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.commands.local_prefect import patient_local_prefect
+from flows.commands.local_prefect import configured_prefect_api
 from flows.console import configure_logging, console
 
 
@@ -20,14 +20,10 @@ def watch(
     The events reach the Prefect server of PREFECT_API_URL, where the arrival deployment's trigger starts a flow run
     per event; without a server they go to this process's own temporary server and start nothing."""
     configure_logging(verbose)
-    patient_local_prefect()
-    from prefect.settings import PREFECT_API_URL
-
-    from flows.watcher import landing_watcher
-
-    if not PREFECT_API_URL.value():
+    if configured_prefect_api() is None:
         console.print("[yellow]no Prefect server configured (PREFECT_API_URL): the events go to a temporary local "
                       "server and trigger no arrival[/yellow]", soft_wrap=True)
+    from flows.watcher import landing_watcher
 
     if interval is not None:
         landing_watcher.serve(name="mcl-watch", interval=interval, parameters={"root": root})

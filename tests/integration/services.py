@@ -77,21 +77,16 @@ class Service:
     health: str | None = None  # URL answering 200 once the service is ready
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> Service:
+    def start(self, timeout: float = 120, wait: bool = True) -> Service:
+        """Start the process; with ``wait``, return once its health URL answers (without: services that do not
+        depend on each other start together, and the caller waits for each)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         handle = self.log.open("ab")
         self.process = subprocess.Popen(self.command, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         handle.close()
-        if self.health:
+        if self.health and wait:
             self.wait_healthy(timeout)
-        return self
-
-    def start_detached(self) -> Service:
-        """Start without waiting for health: services that do not depend on each other start together."""
-        health, self.health = self.health, None
-        self.start()
-        self.health = health
         return self
 
     def wait_healthy(self, timeout: float = 120) -> None:
@@ -212,7 +207,7 @@ class Stack:
             timeout: float = 120, wait: bool = True) -> Service:
         service = Service(name, command, dict(env), self.root / "logs" / f"{name}.log", health)
         self.services[name] = service
-        return service.start(timeout) if wait else service.start_detached()
+        return service.start(timeout, wait)
 
     # -- the services, in the order the compose file's depends_on gives ------------------------------------
 
