@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, type[ContinualMethod]] = {
     "ad": AttentionDistillation,
+    "ad-paper": AttentionDistillation,
     "ad-no-translation": AttentionDistillation,
     "fusion-no-distill": AttentionDistillation,
     "adapter-only": AdapterOnly,
@@ -43,12 +44,14 @@ METHODS: dict[str, type[ContinualMethod]] = {
 
 #: The learner preset a method runs with on top of the benchmark's learner (none: the learner as given).
 METHOD_PRESETS: dict[str, str] = {
+    "ad-paper": "paper",  # the paper's recipe as written (eq. 9, 5 + 5 epochs, random head), beside the defaults
     "ad-no-translation": "ad-no-translation",  # paper §4.2: nothing translated, D_t batches get CE + L_AD
     "fusion-no-distill": "fusion-no-distill",  # λ = 0: plain fusion with cross-entropy
     "joint-fusion": "joint-fusion",  # the non-sequential AdapterFusion: fresh fusion and head, CE only
 }
 
 DESCRIPTIONS: dict[str, str] = {
+    "ad-paper": "the paper's recipe as written: eq. 9 summed over layers, 5 + 5 epochs, random fusion head, λ = 1",
     "ad-no-translation": "the paper's method without translations: every D_t batch gets CE + L_AD (paper §4.2)",
     "fusion-no-distill": "language adapter + a fresh AdapterFusion per arrival trained on D_t with CE only (λ = 0)",
 }

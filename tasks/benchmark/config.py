@@ -45,7 +45,8 @@ class BenchmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     order: tuple[str, ...] = Field(description="Marketplace ids in arrival order (ESCI: locales).")
-    methods: tuple[str, ...] = Field((), description="Methods to run; empty: every registered method.")
+    methods: tuple[str, ...] = Field((), description="Methods to run; empty: every registered method (the cpu "
+                                                     "preset names the ones the learner is judged against).")
     seeds: int = Field(2, ge=1, description="Seeds per method and order: learner.seed, learner.seed + 1, ...")
     orders: int = Field(1, ge=1, description="1: the given order only; N > 1: it plus N - 1 distinct random "
                                              "permutations (the paper's Table 2).")
@@ -106,7 +107,7 @@ class BenchmarkConfig(BaseModel):
 def benchmark_config(order: Sequence[str], methods: Sequence[str] = (), *, preset: str | None = BENCHMARK_PRESET,
                      file: str | Path | None = None, overrides: Sequence[str] = (), **plan: Any) -> BenchmarkConfig:
     """A benchmark from a preset (``tasks/presets/benchmark/``), a TOML file and ``--set`` overrides, plus plan
-    values given directly (``order``, ``methods``...). A setting that is not a benchmark field is a learner
+    values given directly (``order``, ``methods``: none keeps the preset's list, ``["all"]`` every method...). A setting that is not a benchmark field is a learner
     setting: ``--set fusion.epochs=3`` means ``learner.fusion.epochs``; ``baselines.full.epochs`` reaches the
     references."""
     values = merge(read_file(file), {}) if file is not None else {}
@@ -118,9 +119,14 @@ def benchmark_config(order: Sequence[str], methods: Sequence[str] = (), *, prese
         rest = {k: v for k, v in tree.items() if k in fields}
         return merge(rest, {"learner": learner}) if learner else rest
 
+    from tasks.benchmark.runner import check_methods, method_names
+
     overlay = merge(routed(values), routed(given))
-    return build(BenchmarkConfig, preset=preset, kind="benchmark",
-                 overrides=merge(overlay, {"order": tuple(order), "methods": tuple(methods), **plan}))
+    methods = tuple(method_names()) if tuple(methods) == ("all",) else tuple(methods)
+    direct = {"order": tuple(order), **({"methods": methods} if methods else {}), **plan}
+    cfg = build(BenchmarkConfig, preset=preset, kind="benchmark", overrides=merge(overlay, direct))
+    check_methods(cfg.methods)
+    return cfg if cfg.methods else cfg.model_copy(update={"methods": tuple(method_names())})
 
 
 def random_orders(order: Sequence[str], n: int, seed: int = 0) -> list[tuple[str, ...]]:

@@ -32,6 +32,7 @@ EXPERIMENT = "marketplace-benchmark"
 ABLATIONS = {
     "ad-no-translation": "attention distillation without translation (L_AD on D_t itself, paper §4.2)",
     PLAIN_FUSION: "fusion without distillation (λ = 0)",
+    "ad-paper": "the project's defaults: the paper's recipe as written instead (eq. 9 summed, 5 + 5 epochs, random head)",
 }
 SPEEDUP_GOAL = 3.0
 
