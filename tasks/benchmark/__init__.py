@@ -18,6 +18,8 @@ from tasks.benchmark.config import (
     BenchmarkConfig,
     RunSpec,
     benchmark_config,
+    check_methods,
+    method_names,
     plan_runs,
     random_orders,
 )
@@ -28,10 +30,8 @@ from tasks.benchmark.runner import (
     BenchmarkRun,
     Translations,
     cap_table,
-    check_methods,
     method_config,
     method_learner,
-    method_names,
     run_benchmark,
     translating,
 )

@@ -104,6 +104,19 @@ class BenchmarkConfig(BaseModel):
         return fingerprint("benchmark-run", knobs, *extra)[:16]
 
 
+def method_names() -> list[str]:
+    from models.methods import METHODS
+
+    return list(METHODS)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 def benchmark_config(order: Sequence[str], methods: Sequence[str] = (), *, preset: str | None = BENCHMARK_PRESET,
                      file: str | Path | None = None, overrides: Sequence[str] = (), **plan: Any) -> BenchmarkConfig:
     """A benchmark from a preset (``tasks/presets/benchmark/``), a TOML file and ``--set`` overrides, plus plan
@@ -118,8 +131,6 @@ def benchmark_config(order: Sequence[str], methods: Sequence[str] = (), *, prese
         learner = {k: v for k, v in tree.items() if k not in fields}
         rest = {k: v for k, v in tree.items() if k in fields}
         return merge(rest, {"learner": learner}) if learner else rest
-
-    from tasks.benchmark.runner import check_methods, method_names
 
     overlay = merge(routed(values), routed(given))
     methods = tuple(method_names()) if tuple(methods) == ("all",) else tuple(methods)

@@ -39,12 +39,6 @@ CONFIG_FILE = "benchmark.json"
 
 
 # --------------------------------------------------------------------------- methods
-def method_names() -> list[str]:
-    from models.methods import METHODS
-
-    return list(METHODS)
-
-
 def method_learner(learner: LearnerConfig, method: str) -> LearnerConfig:
     """The learner ``method`` runs with: the benchmark's, plus the method's preset (an ablation's settings)."""
     from models.methods import METHOD_PRESETS
@@ -60,13 +54,6 @@ def translating(method: str) -> bool:
 
     probe = LearnerConfig(translation={"fraction": 1.0})
     return METHODS[method].uses_translation and method_learner(probe, method).translation.fraction > 0
-
-
-def check_methods(methods: Sequence[str]) -> None:
-    known = method_names()
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def method_config(cfg: BenchmarkConfig, spec: RunSpec) -> tuple[LearnerConfig, BaselinesConfig]:
