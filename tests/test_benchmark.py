@@ -140,6 +140,28 @@ def test_plan_is_methods_by_seeds_by_orders_plus_the_fraction_sweep():
     assert len(one) == 10
 
 
+def test_the_cpu_preset_names_its_methods_and_all_means_every_method(tmp_path):
+    from models.methods import METHODS
+    from tasks.benchmark import benchmark_config, method_learner
+
+    cfg = benchmark_config(ORDER)
+    assert cfg.methods == ("ad", "ad-paper", "ad-no-translation", "fusion-no-distill", "adapter-only", "probe",
+                           "joint-fusion", "sm")
+    assert cfg.fractions == (0.0, 0.3, 1.0)
+    assert benchmark_config(ORDER, ["all"]).methods == tuple(METHODS)
+    assert benchmark_config(ORDER, ["sm", "ad"]).methods == ("sm", "ad")
+    bad = tmp_path / "bench.toml"
+    bad.write_text('methods = ["ad", "nope"]\n')
+    with pytest.raises(ValueError, match=r"unknown method\(s\) nope"):
+        benchmark_config(ORDER, file=bad)
+    # ad-paper is the learner under the paper preset, on top of the benchmark's sizes
+    paper = method_learner(cfg.learner, "ad-paper")
+    assert (paper.reduction_factor, paper.pooling, paper.adapter.epochs, paper.fusion.epochs) == (16, "cls", 5, 5)
+    assert (paper.distill.layer_reduction, paper.distill.head_init, paper.distill.weight) == ("sum", "random", 1.0)
+    assert paper.max_length == cfg.learner.max_length and paper.fusion.batch_size == cfg.learner.fusion.batch_size
+    assert method_learner(cfg.learner, "ad") == cfg.learner
+
+
 def test_config_hash_follows_the_knobs_not_the_plan():
     a = BenchmarkConfig(order=ORDER, methods=("ad",), seeds=1)
     assert a.run_hash("enc") == BenchmarkConfig(order=ORDER, methods=("ad", "seq-ft"), seeds=3).run_hash("enc")
