@@ -169,3 +169,91 @@ class BaselinesConfig(_Config):
     hat_lambda: float = Field(0.75, ge=0, description="HAT's regularisation weight c (Serra et al. 2018).")
     prune_vocabulary: bool = Field(True, description="Full fine-tuning keeps only the embedding rows of tokens "
                                                      "that occur in the method's data (exact).")
+
+
+TeacherHead = Literal["auto", "mlm", "none"]
+TextSplit = Literal["train", "valid", "test"]
+
+
+class EncoderDistillConfig(_Config):
+    """Distilling the base encoder into a shallower, domain-adapted one (Howell et al.; ``mcl encoder distill``).
+
+    Defaults follow DistilBERT's recipe, which the paper uses: half the layers copied from the teacher, T = 2,
+    α_ce / α_mlm / α_cos = 5 / 2 / 1, 15 % dynamic masking (80 / 10 / 10), AdamW at 5e-4 with warm-up. The losses
+    after ``alpha_cos`` apply only to a teacher without an MLM head (multilingual-e5-small), which has no logits to
+    match: there the hidden states and self-attention distributions carry the distillation (MiniLM, TinyBERT).
+    """
+
+    layers: list[int] | None = Field(
+        None, description="Teacher layers (0-based) copied into the student, in order; none: half the teacher's "
+                          "depth, evenly spaced from the first to the last layer (DistilBERT's [0, 2, 4, 7, 9, 11] "
+                          "for 12 layers).")
+    teacher_head: TeacherHead = Field("auto", description="Whether the teacher has an MLM head: auto (from its "
+                                                          "config's architectures), mlm or none.")
+    temperature: float = Field(2.0, gt=0, description="T of the soft-target loss T²·KL(softmax(z_t/T) ‖ "
+                                                      "softmax(z_s/T)) (MLM teachers).")
+    alpha_ce: float = Field(5.0, ge=0, description="Weight of the soft-target KL on MLM logits (MLM teachers).")
+    alpha_mlm: float = Field(2.0, ge=0, description="Weight of the student's masked-LM cross-entropy (MLM teachers).")
+    alpha_cos: float = Field(1.0, ge=0, description="Weight of 1 − cos(h_s, h_t) on last hidden states (every "
+                                                    "teacher).")
+    alpha_mse: float = Field(1.0, ge=0, description="Weight of the MSE between last hidden states (teachers "
+                                                    "without an MLM head).")
+    alpha_hidden: float = Field(1.0, ge=0, description="Weight of the MSE between student layer k and teacher layer "
+                                                       "2k+1 hidden states (teachers without an MLM head).")
+    alpha_attention: float = Field(1.0, ge=0, description="Weight of KL(teacher ‖ student) between the self-attention "
+                                                          "distributions of the same matched layers, as in MiniLM "
+                                                          "(teachers without an MLM head).")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of real tokens chosen for masking, again "
+                                                                 "for every batch (MLM teachers).")
+    mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Of the chosen tokens, the share replaced by "
+                                                                  "[MASK].")
+    random_replace_prob: float = Field(0.1, ge=0, le=1, description="Of the chosen tokens, the share replaced by a "
+                                                                    "random token (the rest stay as they are).")
+    learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate (linear warm-up, then linear "
+                                                         "decay).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of the optimiser steps spent warming the rate "
+                                                              "up.")
+    max_grad_norm: float = Field(5.0, ge=0, description="Gradient-norm clip (0 disables clipping).")
+    batch_size: int = Field(32, ge=1, description="Texts per forward pass (a micro-batch).")
+    gradient_accumulation_steps: int = Field(2, ge=1, description="Micro-batches whose gradients make one optimiser "
+                                                                  "step.")
+    epochs: int = Field(2, ge=1, description="Passes over the deduplicated in-domain text.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (none: run every "
+                                                          "epoch); the schedule is laid out for the steps run.")
+    max_length: int = Field(64, ge=8, description="Tokens per text (queries and titles are short; descriptions are "
+                                                  "cut here).")
+    train_word_embeddings: bool = Field(True, description="Train the word-embedding matrix too (DistilBERT does); "
+                                                          "off keeps it frozen, which saves the optimiser's memory "
+                                                          "and time on a 250k vocabulary.")
+    checkpoint_steps: int = Field(200, ge=1, description="Save a resumable checkpoint every this many optimiser "
+                                                         "steps.")
+    splits: list[TextSplit] = Field(["train", "valid"], min_length=1,
+                                    description="Which tables' text is distilled on; test is left out so the frozen "
+                                                "evaluation scores text the student never saw.")
+    descriptions: bool = Field(True, description="Also distil on product descriptions where a table has them.")
+    max_texts: int | None = Field(None, ge=1, description="Use at most this many deduplicated texts (a seeded "
+                                                          "sample; none: all).")
+    eval_seeds: int = Field(5, ge=2, description="Probe classifiers per marketplace and encoder, each on its own "
+                                                 "seeded sample of the training pairs (the KS test compares the "
+                                                 "seeds' ROC-AUCs).")
+    probe_fraction: float = Field(0.8, gt=0, le=1, description="Share of a marketplace's training pairs each probe "
+                                                               "is fitted on.")
+    eval_batch_size: int = Field(64, ge=1, description="Texts per forward pass when embedding for the probes.")
+    latency_pairs: int = Field(64, ge=1, description="(query, title) pairs timed per batch size.")
+    latency_batch_sizes: list[int] = Field([1, 32], min_length=1, description="Batch sizes the latency is "
+                                                                              "measured at (one CPU thread).")
+    latency_repeats: int = Field(3, ge=1, description="Timed passes over the pairs; the median is reported.")
+    precision: Precision = Field("auto", description="Autocast precision: auto (bf16/fp16 on CUDA, fp32 on CPU).")
+    device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    seed: int = Field(13, ge=0, description="Seeds the text sample and order, the masking, the student's dropout "
+                                            "and the probes' training samples.")
+
+    @model_validator(mode="after")
+    def _replacement_shares_fit(self) -> EncoderDistillConfig:
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("mask_replace_prob + random_replace_prob must be at most 1")
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)
+                                        or min(self.layers) < 0):
+            raise ValueError("layers must be distinct, non-negative teacher layer indices")
+        return self

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -55,8 +55,13 @@ def build_tiny_encoder(
     num_heads: int = 2,
     vocab_size: int = 2000,
     seed: int = 0,
+    mlm_head: bool = False,
 ) -> Path:
-    """Write a random BertModel and a tokenizer trained on ``texts`` to ``out_dir``."""
+    """Write a random BertModel and a tokenizer trained on ``texts`` to ``out_dir``.
+
+    ``mlm_head`` writes a ``BertForMaskedLM`` instead (the encoder plus its masked-LM head, as mBERT's hub folder
+    has it): the kind of teacher whose logits the encoder distillation matches.
+    """
     out_dir = Path(out_dir)
     tokenizer = train_wordpiece(texts, vocab_size=vocab_size)
     config = BertConfig(
@@ -69,6 +74,6 @@ def build_tiny_encoder(
         type_vocab_size=2,
     )
     torch.manual_seed(seed)
-    BertModel(config).save_pretrained(out_dir)
+    (BertForMaskedLM(config) if mlm_head else BertModel(config)).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

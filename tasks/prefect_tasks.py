@@ -27,9 +27,12 @@ from tasks import registry, reporting, steps
 from tasks.records import Evaluation, Registration, StageOutput
 
 if TYPE_CHECKING:
-    from models.config import LearnerConfig
+    from models.config import EncoderDistillConfig, LearnerConfig
+    from models.encoder_distill import DistillResult
     from models.encoders import EncoderRef
     from models.relevance import MarketplaceSpec
+    from tasks.encoder_evaluation import EncoderEvaluation
+    from tasks.encoder_registry import EncoderRegistration, EncoderRegistrationRequest
 
 log = logging.getLogger(__name__)
 # Logging a dataset (mlflow.data.from_pandas) warns that the integer label column could not hold missing
@@ -224,3 +227,61 @@ def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFra
     kept = f"v{info.version}-{info.run_id}"
     return (str(registry.model_folder(info, dest / "models")), registry.read_test_sets(info, dest / "test_sets" / kept),
             registry.read_valid_sets(info, dest / "valid_sets" / kept))
+
+
+# ------------------------------------------------------------------ encoder adaptation (flows/adapt_encoder.py)
+@task(name="extract-domain-text", cache_policy=NO_CACHE)
+def extract_text_task(marketplaces: dict[str, Any], splits: list[str], descriptions: bool,
+                      parent_run_id: str | None = None) -> pd.DataFrame:
+    """The deduplicated in-domain text of every marketplace (:func:`tasks.domain_text.domain_texts`)."""
+    from tasks.domain_text import domain_texts
+
+    def log_texts(texts: pd.DataFrame) -> None:
+        counts = texts["kind"].value_counts()
+        mlflow.log_metrics({"texts": len(texts), **{f"texts.{k}": int(n) for k, n in counts.items()}})
+        mlflow.log_input(mlflow.data.from_pandas(texts, name="domain-text"), context="distillation")
+
+    return _in_step("extract-domain-text", domain_texts, parent_run_id, log_texts, marketplaces, splits,
+                    descriptions=descriptions)
+
+
+@task(name="distil-encoder", cache_policy=NO_CACHE)
+def distill_encoder_task(texts: list[str], teacher: EncoderRef, out_dir: Path, cfg: EncoderDistillConfig,
+                         work_dir: Path, parent_run_id: str | None = None) -> DistillResult:
+    """:func:`models.encoder_distill.distill_encoder`. Not cached by Prefect: the step resumes by itself (a finished
+    output folder is returned as it is, a checkpoint in ``work_dir`` is continued)."""
+    from models.encoder_distill import distill_encoder
+
+    def log_result(result: DistillResult) -> None:
+        mlflow.log_params({"layers": ",".join(map(str, result.layers)), "losses": ",".join(result.losses),
+                           "resumed_at": result.resumed_at, "reused": result.reused})
+        mlflow.log_metrics({"steps": result.steps, "seconds": result.seconds,
+                            **({"final_loss": result.history[-1]["loss"]} if result.history else {})})
+
+    return _in_step("distil-encoder", distill_encoder, parent_run_id, log_result, texts, teacher, out_dir, cfg,
+                    work_dir=work_dir)
+
+
+@task(name="evaluate-frozen-encoders", cache_key_fn=keyed_cache, persist_result=True)
+def evaluate_encoder_task(key: str, student_dir: Path, teacher: EncoderRef, layers: list[int],
+                          marketplaces: dict[str, Any], cfg: EncoderDistillConfig, work_dir: Path,
+                          parent_run_id: str | None = None) -> EncoderEvaluation:
+    """:func:`tasks.encoder_evaluation.evaluate_encoders`, cached by the student's checksum, the data and settings."""
+    from tasks.encoder_evaluation import evaluate_encoders
+
+    def log_evaluation(evaluation: EncoderEvaluation) -> None:
+        mlflow.log_metrics(evaluation.metrics())
+        mlflow.log_table(evaluation.table(), "frozen_evaluation.json")
+
+    return _in_step("evaluate-frozen-encoders", evaluate_encoders, parent_run_id, log_evaluation, student_dir,
+                    teacher, layers, marketplaces, cfg, work_dir=work_dir)
+
+
+@task(name="register-encoder", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 60])
+def register_encoder_task(request: EncoderRegistrationRequest, parent_run_id: str | None = None) -> EncoderRegistration:
+    """:func:`tasks.encoder_registry.register_encoder` into the parent run (the version's source run). Retried on
+    tracking-server failures: a retry finds a version created by the try before by its checksum."""
+    from tasks.encoder_registry import register_encoder
+
+    with registry.in_run(parent_run_id):
+        return register_encoder(request)

@@ -99,12 +99,15 @@ def run_arrival(parameters: dict[str, Any]) -> dict | None:
     """Run the flow in this process; print the outcome or the one reason it stopped (None then)."""
     from flows.arrival import marketplace_arrival
     from models.encoders import EncoderNotFoundError
+    from models.relevance import ModelFormatError
     from tasks.data import DataValidationError
     from tasks.registry import ArrivalRefused, PromotionRefused
 
+    refusals = (ArrivalRefused, PromotionRefused, DataValidationError, EncoderNotFoundError, ModelFormatError,
+                FileNotFoundError)
     try:
         result = marketplace_arrival(**parameters)
-    except (ArrivalRefused, PromotionRefused, DataValidationError, EncoderNotFoundError, FileNotFoundError) as err:
+    except refusals as err:
         console.print(f"[red]{parameters['marketplace']}: {type(err).__name__}:[/red] {err}", soft_wrap=True)
         return None
     console.print(f"[green]{parameters['marketplace']}: registered version {result['version']} "

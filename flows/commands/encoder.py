@@ -1,9 +1,12 @@
-"""``mcl encoder``: prepare the embedded multilingual-e5-small and show what an encoder is."""
+"""``mcl encoder``: prepare the embedded multilingual-e5-small, show what an encoder is, and distil a smaller,
+domain-adapted one from it (the ``adapt-encoder`` flow)."""
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,9 +14,16 @@ from rich.table import Table
 from flows.console import configure_logging, console
 
 app = typer.Typer(
-    help="The frozen base encoder: convert the embedded multilingual-e5-small once, inspect any encoder.",
+    help="The frozen base encoder: convert the embedded multilingual-e5-small once, inspect any encoder, distil a "
+         "smaller domain-adapted one.",
     no_args_is_help=True,
 )
+
+DistillConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML file of distillation settings (the format `mcl encoder distill-config` prints).")]
+DistillSetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override one distillation setting, e.g. --set epochs=1 --set alpha_attention=0 "
+                  "--set layers=[0,5,11]; repeatable.")]
 
 
 def info_table(info) -> Table:
@@ -78,3 +88,96 @@ def info(
     except (Q4FormatError, FileNotFoundError, OSError, ValueError) as err:
         _fail(err)
     console.print(info_table(details))
+
+
+def distill_settings(config: Path | None, sets: list[str] | None):
+    """The distillation settings from --config and --set over the defaults, or a usage error naming the bad field
+    before any work starts."""
+    from models.config import EncoderDistillConfig
+    from tasks.config import ConfigError, build
+
+    try:
+        return build(EncoderDistillConfig, file=config, overrides=sets or ())
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint="--config/--set") from None
+
+
+@app.command("distill-config")
+def distill_config(config: DistillConfigOption = None, sets: DistillSetOption = None) -> None:
+    """Print the distillation settings `mcl encoder distill` would use, as TOML, each with its description."""
+    from tasks.config import to_toml
+
+    console.print(to_toml(distill_settings(config, sets)), markup=False, highlight=False, soft_wrap=True)
+
+
+def evaluation_table(result: dict[str, Any]) -> Table:
+    """Probe ROC-AUC per marketplace of the three encoders (mean ± std over seeds) and the KS p-values."""
+    table = Table(title="frozen-encoder probes: test ROC-AUC (mean ± std over seeds)")
+    for column in ("marketplace", "student", "teacher", "undistilled", "vs teacher", "vs undistilled",
+                   "KS p (teacher)", "KS p (undistilled)"):
+        table.add_column(column, justify="left" if column == "marketplace" else "right")
+    def p(value: float) -> str:
+        return "" if math.isnan(value) else f"{value:.3f}"  # the mean row has no KS test
+
+    for row in result["evaluation"]:
+        table.add_row(row["marketplace"], *(f"{row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f}"
+                                            for k in ("student", "teacher", "undistilled")),
+                      f"{row['vs_teacher']:+.4f}", f"{row['vs_undistilled']:+.4f}", p(row["ks_p_teacher"]),
+                      p(row["ks_p_undistilled"]))
+    return table
+
+
+@app.command()
+def distill(
+    data: Annotated[list[str], typer.Option(
+        "--data", help="Data root holding one folder per marketplace (<root>/<id>/train.parquet ...); repeatable: "
+                       "the text of every root is distilled on.")],
+    out: Annotated[Path, typer.Option(help="Folder the distilled encoder is written to; use it as --encoder.")],
+    teacher: Annotated[Optional[str], typer.Option(
+        help="Encoder to distil: hub id, local folder or multilingual-e5-small (default: the configured encoder).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Registered in MLflow as encoder-<name> (default: the output folder's name).")] = None,
+    config: DistillConfigOption = None,
+    sets: DistillSetOption = None,
+    verbose: bool = False,
+) -> None:
+    """Distil the base encoder into one with half the layers on the marketplaces' text, evaluate it frozen against
+    its teacher and an undistilled copy, and register it (runs the adapt-encoder flow here).
+
+    Settings come from --config and --set (`mcl encoder distill-config` lists them all)."""
+    configure_logging(verbose)
+    cfg = distill_settings(config, sets)
+    from flows.commands.local_prefect import patient_local_prefect
+    from models.encoder_distill import DistillOutputError
+    from models.encoders import EncoderNotFoundError
+    from tasks.data import DataValidationError
+    from tasks.domain_text import load_marketplaces
+    from tasks.settings import get_settings
+
+    failures = (DataValidationError, EncoderNotFoundError, DistillOutputError, FileNotFoundError)
+    try:  # the data contract, checked before a Prefect server starts
+        load_marketplaces(data, s3_endpoint_url=get_settings().s3_endpoint_url)
+    except failures as err:
+        _fail(err)
+    patient_local_prefect()
+    from flows.adapt_encoder import adapt_encoder
+
+    started = time.perf_counter()
+    try:
+        result = adapt_encoder(data=data, out=str(out), teacher=teacher, name=name, distill=cfg)
+    except failures as err:
+        _fail(err)
+    console.print(evaluation_table(result))
+    for size, ms in result["latency_ms"]["student"].items():
+        teacher_ms = result["latency_ms"]["teacher"][size]
+        console.print(f"latency per pair, 1 CPU thread, batch {size}: student {ms:.2f} ms, teacher {teacher_ms:.2f} ms "
+                      f"({ms / teacher_ms:.2f}×)")
+    params = result["parameters"]
+    console.print(f"parameters: student {params['student']:,d}, teacher {params['teacher']:,d}; "
+                  f"{len(result['layers'])} layers from teacher layers {result['layers']}; losses "
+                  f"{', '.join(result['losses'])}; {result['texts']:,d} texts, {result['steps']} steps in "
+                  f"{result['seconds']:.0f} s of training ({time.perf_counter() - started:.0f} s in all)")
+    verb = "already registered as" if result["already_registered"] else "registered as"
+    console.print(f"[green]{verb} {result['name']} version {result['version']}[/green]; start a lineage on it with "
+                  f"--encoder {result['path']}", soft_wrap=True)

@@ -1,0 +1,77 @@
+"""Unlabelled in-domain text for encoder distillation: the queries, product titles and descriptions of every
+marketplace under one or more data roots, deduplicated.
+
+Every table goes through the data contract's readers and validation first (:mod:`tasks.data`), so a bad file fails
+here -- naming the file, row and column -- before a teacher is loaded or a step is trained. The labels are read (the
+contract requires them) but never used: distillation learns from the text alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.data import DataValidationError, Marketplace, list_folder, load_data_root
+from tasks.data.readers import is_s3, location
+from tasks.hashing import table_hash
+
+TEXT_KINDS = {"query": "query", "product_title": "title", "product_description": "description"}
+TEXT_COLUMNS = ("text", "kind", "marketplace", "language")
+
+
+def _root_name(root: str) -> str:
+    return root.rstrip("/").rsplit("/", 1)[-1] if is_s3(root) else Path(root).resolve().name
+
+
+def load_marketplaces(roots: Sequence[str], *, s3_endpoint_url: str | None = None) -> dict[str, Marketplace]:
+    """Every marketplace folder (``<root>/<id>/``) of every root, validated. Keys are the ids, or ``<root>/<id>``
+    (the root folder's name) when several roots are given, since two roots may both hold an ``en``."""
+    roots = [location(r) for r in roots]
+    if not roots:
+        raise DataValidationError("--data", "no data root given")
+    names = [_root_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DataValidationError(roots[names.index(twice)], f"two data roots are both named {twice!r}; marketplaces "
+                                                             "are told apart by their root's folder name")
+    found: dict[str, Marketplace] = {}
+    for root, name in zip(roots, names, strict=True):
+        _, folders = list_folder(root, s3_endpoint_url=s3_endpoint_url)
+        ids = sorted(f for f in folders if not f.startswith((".", "_")))
+        if not ids:
+            raise DataValidationError(root, "no marketplace folders (<root>/<id>/ with train, valid and test tables)")
+        for marketplace in load_data_root(root, ids, s3_endpoint_url=s3_endpoint_url):
+            found[marketplace.id if len(roots) == 1 else f"{name}/{marketplace.id}"] = marketplace
+    return found
+
+
+def domain_texts(marketplaces: Mapping[str, Marketplace], splits: Sequence[str], *,
+                 descriptions: bool = True) -> pd.DataFrame:
+    """One row per distinct text: ``text``, ``kind`` (query, title, description), and the ``marketplace`` and
+    ``language`` it was first seen in, in a stable order (marketplaces, then splits, then columns as given).
+
+    A query shared by many pairs, or a title shared by marketplaces of one language, is distilled on once: repeats
+    would weight the loss towards whatever the tables happen to repeat."""
+    columns = [c for c in TEXT_KINDS if descriptions or c != "product_description"]
+    parts = []
+    for key, marketplace in marketplaces.items():
+        for split in splits:
+            table = marketplace.split(split)
+            for column in columns:
+                if column not in table.columns:
+                    continue
+                values = table[column].dropna()
+                parts.append(pd.DataFrame({"text": values.to_numpy(), "kind": TEXT_KINDS[column], "marketplace": key,
+                                           "language": marketplace.language}))
+    if not parts:
+        return pd.DataFrame(columns=list(TEXT_COLUMNS))
+    texts = pd.concat(parts, ignore_index=True)
+    texts = texts[texts["text"].str.len() > 0]
+    return texts.drop_duplicates("text", keep="first").reset_index(drop=True)[list(TEXT_COLUMNS)]
+
+
+def texts_hash(texts: pd.DataFrame) -> str:
+    """Content hash of the text column in order: the identity of what a student was distilled on."""
+    return table_hash(texts, ("text",))

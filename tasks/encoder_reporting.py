@@ -1,0 +1,101 @@
+"""What a reviewer reads about a distilled encoder in MLflow: its loss curves, the frozen-evaluation plot and a card.
+
+Figures use matplotlib's object API (no global pyplot state, safe in worker threads), as :mod:`tasks.reporting`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tasks.encoder_evaluation import KINDS, MEAN_ROW, EncoderEvaluation
+
+if TYPE_CHECKING:
+    from models.encoder_distill import DistillResult
+
+
+def loss_figure(history: Sequence[Mapping[str, float]], losses: Sequence[str]) -> Figure:
+    """The weighted total and each loss term against the optimiser step (log scale: the terms differ by orders)."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    steps = [r["step"] for r in history]
+    for key in ["loss", *losses]:
+        ax.plot(steps, [r[key] for r in history], label="total (weighted)" if key == "loss" else key,
+                linewidth=2 if key == "loss" else 1)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    if all(r[k] > 0 for r in history for k in ["loss", *losses]):
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    ax.set_title("encoder distillation")
+    fig.tight_layout()
+    return fig
+
+
+def evaluation_figure(evaluation: EncoderEvaluation) -> Figure:
+    """Grouped bars per marketplace: each encoder's mean probe ROC-AUC, with the seeds' spread as error bars."""
+    markets = evaluation.marketplaces
+    fig = Figure(figsize=(1.5 + 1.4 * len(markets), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(KINDS)
+    for i, kind in enumerate(KINDS):
+        means = [evaluation.mean(kind, m) for m in markets]
+        spread = [float(np.std(evaluation.aucs[kind][m])) for m in markets]
+        ax.bar(np.arange(len(markets)) + i * width, means, width, yerr=spread, capsize=3, label=kind)
+    ax.set_xticks(np.arange(len(markets)) + width * (len(KINDS) - 1) / 2, markets)
+    low = min(min(v) for kind in KINDS for v in evaluation.aucs[kind].values())
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_ylabel("probe ROC-AUC (frozen encoder)")
+    ax.legend(fontsize="small")
+    ax.set_title("frozen-encoder probes per marketplace (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|---" * len(table.columns) + "|"
+    rows = ["| " + " | ".join(v if isinstance(v, str) else ("" if np.isnan(v) else f"{v:.4f}") for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def encoder_card(*, name: str, checksum: str, result: DistillResult,
+                 evaluation: EncoderEvaluation, data: Mapping[str, object]) -> str:
+    """The registered version's description: what was distilled from what, on which text, and how it compares."""
+    table = evaluation.table()
+    mean = table[table["marketplace"] == MEAN_ROW].iloc[0]
+    latency = "; ".join(f"batch {size}: {evaluation.latency_ms['student'][size]:.2f} ms vs "
+                        f"{evaluation.latency_ms['teacher'][size]:.2f} ms ({evaluation.latency_ratio(size):.2f}×)"
+                        for size in evaluation.latency_ms["student"])
+    kind = "MLM teacher: DistilBERT's losses" if result.mlm_teacher else "no MLM head: hidden states and attention"
+    lines = [
+        f"# {name}",
+        "",
+        ("A base encoder distilled from its teacher on unlabelled in-domain text (Howell et al., *Domain-specific "
+         "knowledge distillation yields smaller and better models for conversational commerce*), for use frozen "
+         "under adapters: `--encoder <folder>` starts a lineage on it."),
+        "",
+        f"- **Teacher**: `{result.teacher}` ({result.teacher_layers} layers, checksum "
+        + f"`{result.teacher_checksum[:12]}`)",
+        f"- **Student**: {len(result.layers)} layers initialised from teacher layers {result.layers}; checksum "
+        + f"`{checksum}`",
+        f"- **Losses**: {', '.join(result.losses)} ({kind})",
+        f"- **Text**: {result.texts:,} distinct texts from {data.get('marketplaces', '')} (splits "
+        + f"{data.get('splits', '')})",
+        f"- **Training**: {result.steps} optimiser steps ({result.epochs:g} epochs) in {result.seconds:.0f} s",
+        f"- **Parameters**: {evaluation.parameters['student']:,} vs {evaluation.parameters['teacher']:,}",
+        f"- **Latency per pair, one CPU thread**: {latency}",
+        "",
+        "## Frozen-encoder probes (test ROC-AUC, mean and std over seeds; KS p-values of the student's seeds)",
+        "",
+        _markdown(table),
+        "",
+        (f"On average the student scores {mean['vs_teacher']:+.4f} against the teacher and "
+         f"{mean['vs_undistilled']:+.4f} against the undistilled copy of the same layers."),
+    ]
+    return "\n".join(lines) + "\n"
