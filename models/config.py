@@ -75,7 +75,10 @@ class DistillConfig(_Config):
 
     weight: float = Field(1.0, ge=0, description="λ, the weight of L_AD = KL(Ω_{t-1} ‖ ω_t); 0 disables "
                                                  "distillation (plain fusion).")
-    omega: OmegaChoice = Field("slice", description="ω_t: the raw slice of the student's attention over the old "
+    # per-source is eq. 9 on translated batches (identical to the slice whenever anything is translated: D_t batches
+    # then get no L_AD) and leaves the new adapter's share on its own language to cross-entropy when nothing is
+    # translated (the §4.2 variant, or no old language has a route): the slice there trains A_t's share towards 0.
+    omega: OmegaChoice = Field("per-source", description="ω_t: the raw slice of the student's attention over the old "
                                                     "adapters (eq. 9), that slice renormalised over them, or per "
                                                     "batch source: the slice on translated T_k batches and the "
                                                     "renormalised slice on D_t batches (so the new adapter's share "

@@ -68,3 +68,30 @@ def isolated_cache(tmp_path, monkeypatch):
     import mlflow
 
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server for every flow test of the session (starting one takes seconds)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
+            yield
+
+
+@pytest.fixture()
+def mcl(tmp_path, monkeypatch, prefect_server):
+    """Fresh cache, tracking store and artifact root per flow test; MLflow pointed back at its default after."""
+    import mlflow
+
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MCL_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MCL_ARTIFACT_LOCATION", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+    mlflow.set_tracking_uri(None)

@@ -240,29 +240,6 @@ def test_registration_is_all_or_nothing_and_never_twice(tracking, student, teach
 
 
 # ------------------------------------------------------------------------------------------- the flow and the CLI
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-            {PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
-        yield
-
-
-@pytest.fixture()
-def mcl(tmp_path, monkeypatch, prefect_server):
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MCL_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MCL_ARTIFACT_LOCATION", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-    mlflow.set_tracking_uri(None)
-
-
 def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root):
     from mlflow.tracking import MlflowClient
     from transformers import AutoModel

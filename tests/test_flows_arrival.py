@@ -25,29 +25,6 @@ FAST = {"learner": LEARNER}
 LENIENT = {"gate": {"max_regression": 1.0, "adapter_margin": -1.0}}  # the gate passes whatever tiny models score
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
-            yield
-
-
-@pytest.fixture()
-def mcl(tmp_path, monkeypatch, prefect_server):
-    """Fresh cache, tracking store and artifact root per test; MLflow pointed at them."""
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("MCL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MCL_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MCL_ARTIFACT_LOCATION", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-
-
 def write_marketplace(root: Path, lang: str, n: int = 64) -> dict[str, str]:
     folder = root / "data" / lang
     folder.mkdir(parents=True, exist_ok=True)
