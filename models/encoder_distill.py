@@ -54,6 +54,7 @@ from models import distill_losses as L
 from models.config import EncoderDistillConfig
 from models.device import autocast, autocast_dtype, resolve_device
 from models.encoder_ref import EncoderRef, weight_files
+from models.training import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -314,18 +315,6 @@ def _collator(tokenizer, objective: _Objective):
     return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
 
-def _save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_output(out_dir: Path, fingerprint: str) -> DistillResult | None:
     """The finished result when ``out_dir`` already holds this distillation; an error when it holds anything else."""
     if not out_dir.exists():
@@ -465,10 +454,10 @@ def distill_encoder(
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}")
         if (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < total:
-            _save_atomic({"fingerprint": fingerprint, "step": step + 1, "student": student.state_dict(),
-                          "head": head.state_dict() if head is not None else None,
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "history": history, "seconds": seconds}, checkpoint)
+            save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "step": step + 1, "student": student.state_dict(),
+                "head": head.state_dict() if head is not None else None, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "seconds": seconds})
         if progress is not None:
             progress(step + 1, record)
     bar.close()

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -65,11 +66,17 @@ def _restore(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> No
             p.copy_(v)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Written beside ``path`` and renamed over it, so a run killed mid-write leaves the previous checkpoint whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _accumulate(batch: Batch, loss_fn: LossFn, scaler: torch.amp.GradScaler, device: torch.device,
@@ -194,7 +201,7 @@ def fit(
                  record.get("loss", float("nan")), metric, " (best)" if improved else "",
                  record["examples_per_second"])
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, {
+            save_checkpoint(checkpoint, {
                 "desc": desc, "epoch": epoch, "params": _snapshot(params), "best_params": best_state,
                 "best_metric": best_metric, "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "seen": seen,
