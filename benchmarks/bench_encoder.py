@@ -9,14 +9,16 @@ the ``adapt-encoder`` flow runs, without Prefect or MLflow, so the wall time is 
   3. latency per (query, title) pair on one CPU thread at batch 1 and 32, student over teacher (goal <= 0.65x;
      the paper: 189 / 305 ms = 0.62x);
   4. with ``--train-sequence en,es,fr``: ``mcl train-sequence``'s R matrix on every root holding those
-     marketplaces, on the teacher and on the student side by side, with the seconds per arrival for each.
+     marketplaces (``--sequence-data`` narrows the roots), on the teacher and on the student side by side, with
+     the seconds per arrival for each.
 
-Settings are the distillation's defaults (``models.config.EncoderDistillConfig``) with ``--config``/``--set`` on top,
-exactly as ``mcl encoder distill`` reads them; ``--out`` must be a new folder (a folder holding this very
-distillation is reused, and its wall time would then be the load time).
+Settings are the distillation's defaults (``models.config.EncoderDistillConfig``) with ``--preset``/``--config``/
+``--set`` on top, exactly as ``mcl encoder distill`` reads them; ``--out`` must be a new folder (a folder holding
+this very distillation is reused, and its wall time would then be the load time).
 
     python benchmarks/bench_encoder.py --data /tmp/bench/demo --data /tmp/bench/tax --out /tmp/bench/e5-shop \\
-        --report /tmp/bench/encoder.json --train-sequence en,es,fr
+        --preset cpu --report /tmp/bench/encoder.json --train-sequence en,es,fr --sequence-data /tmp/bench/demo \\
+        --sequence-preset demo
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from models.config import EncoderDistillConfig  # noqa: E402
 from models.encoder_distill import distill_encoder, run_fingerprint  # noqa: E402
 from models.encoders import resolve_encoder  # noqa: E402
-from tasks.config import build, learner_config  # noqa: E402
-from tasks.domain_text import domain_texts, load_marketplaces  # noqa: E402
+from tasks.config import ENCODER_PRESETS, build, learner_config  # noqa: E402
+from tasks.domain_text import distill_inputs, domain_texts, load_marketplaces  # noqa: E402
 from tasks.encoder_evaluation import evaluate_encoders  # noqa: E402
 from tasks.learner import resolve_settings_encoder, run_sequence  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
@@ -49,11 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     parser.add_argument("--out", required=True, type=Path, help="new folder for the distilled encoder")
     parser.add_argument("--teacher", default=None, help="encoder to distil (default: the configured encoder)")
+    parser.add_argument("--preset", default=None, help="distillation preset (tasks/presets/encoder/; cpu: ~15 min on "
+                                                       "2 cores)")
     parser.add_argument("--config", default=None, help="TOML file of distillation settings")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="distillation setting key=value")
     parser.add_argument("--report", type=Path, default=None, help="write every figure as JSON here")
     parser.add_argument("--train-sequence", default=None, metavar="ORDER",
                         help="also run train-sequence in this order (e.g. en,es,fr) on teacher and student")
+    parser.add_argument("--sequence-data", action="append", default=None,
+                        help="data root for --train-sequence (repeatable; default: every --data root)")
     parser.add_argument("--sequence-preset", default="default", help="learner preset for --train-sequence")
     parser.add_argument("--sequence-set", action="append", default=[], help="learner setting for --train-sequence")
     parser.add_argument("--limit", type=int, default=None, help="rows per split for --train-sequence")
@@ -65,7 +71,7 @@ def _sequences(args: argparse.Namespace, teacher, student) -> dict:
     order = [x.strip() for x in args.train_sequence.split(",") if x.strip()]
     learner = learner_config(args.sequence_preset, overrides=args.sequence_set)
     out = {}
-    for root in args.data:
+    for root in args.sequence_data or args.data:
         if not all((Path(root) / m).is_dir() for m in order):
             print(f"train-sequence: {root} lacks one of {order}; skipped")
             continue
@@ -88,13 +94,13 @@ def _sequences(args: argparse.Namespace, teacher, student) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     settings = get_settings()
-    cfg = build(EncoderDistillConfig, file=args.config, overrides=args.sets)
+    cfg = build(EncoderDistillConfig, preset=args.preset, kind=ENCODER_PRESETS, file=args.config, overrides=args.sets)
     teacher = resolve_settings_encoder(settings, args.teacher)
     marketplaces = load_marketplaces(args.data)
-    texts = domain_texts(marketplaces, cfg.splits, descriptions=cfg.descriptions)["text"].tolist()
+    texts = distill_inputs(domain_texts(marketplaces, cfg.splits, descriptions=cfg.descriptions, pairs=cfg.pairs))
     key = run_fingerprint(texts, teacher, cfg)
     print(f"teacher {teacher.name}; {len(texts):,} distinct texts from {', '.join(marketplaces)}; "
-          f"settings: {', '.join(args.sets) or 'defaults'}")
+          f"settings: {', '.join(([f'preset {args.preset}'] if args.preset else []) + args.sets) or 'defaults'}")
 
     started = time.perf_counter()
     result = distill_encoder(texts, teacher, args.out, cfg, work_dir=settings.cache_dir / "steps" / "bench-encoder" /

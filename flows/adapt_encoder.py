@@ -20,7 +20,7 @@ from flows import candidate
 from models.config import EncoderDistillConfig
 from models.encoder_distill import run_fingerprint
 from tasks.config import flat
-from tasks.domain_text import load_marketplaces, texts_hash
+from tasks.domain_text import distill_inputs, load_marketplaces, texts_hash
 from tasks.encoder_registry import EncoderRegistrationRequest, encoder_model_name
 from tasks.hashing import fingerprint, table_hash
 from tasks.prefect_tasks import (
@@ -76,8 +76,9 @@ def adapt_encoder(
         mlflow.set_tags({"kind": "encoder", "encoder_model": model_name, "teacher": ref.name})
         mlflow.log_params({"teacher": ref.name, "teacher_checksum": ref.checksum, "out": str(out_dir),
                            "data": ",".join(data), "marketplaces": ",".join(marketplaces), **flat(distill)})
-        texts = extract_text_task(marketplaces, list(distill.splits), distill.descriptions, parent_run_id=parent)
-        text_key, text_list = texts_hash(texts), texts["text"].tolist()
+        texts = extract_text_task(marketplaces, list(distill.splits), distill.descriptions, distill.pairs,
+                                  parent_run_id=parent)
+        text_key, text_list = texts_hash(texts), distill_inputs(texts)
         dkey = run_fingerprint(text_list, ref, distill)  # the checkpoint's folder: a rerun resumes from it
         result = distill_encoder_task(text_list, ref, out_dir, distill, work / dkey[:20], parent_run_id=parent)
         student = resolve_encoder(str(out_dir), settings.cache_dir)

@@ -28,6 +28,7 @@ DEFAULT_PRESET = "default"
 ENTRY_PRESETS = {"arrival": DEFAULT_PRESET, "train-sequence": DEFAULT_PRESET, "retrain": "retrain",
                  "demo": "demo", "demo-quick": "demo-quick"}
 BENCHMARK_PRESET = "cpu"
+ENCODER_PRESETS = "encoder"  # the folder of the encoder distillation's presets (tasks/presets/encoder/)
 
 
 class ConfigError(ValueError):

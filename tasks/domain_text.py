@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,8 +18,12 @@ from tasks.data import DataValidationError, Marketplace, list_folder, load_data_
 from tasks.data.readers import is_s3, location
 from tasks.hashing import table_hash
 
+if TYPE_CHECKING:
+    from models.encoder_distill import DomainText
+
 TEXT_KINDS = {"query": "query", "product_title": "title", "product_description": "description"}
-TEXT_COLUMNS = ("text", "kind", "marketplace", "language")
+PAIR = "pair"  # the kind of a (query, product title) row: ``text`` is the query, ``text_pair`` the title
+TEXT_COLUMNS = ("text", "text_pair", "kind", "marketplace", "language")
 
 
 def _root_name(root: str) -> str:
@@ -48,12 +53,15 @@ def load_marketplaces(roots: Sequence[str], *, s3_endpoint_url: str | None = Non
 
 
 def domain_texts(marketplaces: Mapping[str, Marketplace], splits: Sequence[str], *,
-                 descriptions: bool = True) -> pd.DataFrame:
-    """One row per distinct text: ``text``, ``kind`` (query, title, description), and the ``marketplace`` and
-    ``language`` it was first seen in, in a stable order (marketplaces, then splits, then columns as given).
+                 descriptions: bool = True, pairs: bool = False) -> pd.DataFrame:
+    """One row per distinct text: ``text``, ``text_pair`` (the title of a ``pair`` row, empty otherwise), ``kind``
+    (query, title, description, pair), and the ``marketplace`` and ``language`` it was first seen in, in a stable
+    order (marketplaces, then splits, then columns as given, pairs last).
 
     A query shared by many pairs, or a title shared by marketplaces of one language, is distilled on once: repeats
-    would weight the loss towards whatever the tables happen to repeat."""
+    would weight the loss towards whatever the tables happen to repeat. With ``pairs``, every distinct (query, product
+    title) row is one more text: the relevance model cross-encodes them as one sequence, which single texts never
+    show a student."""
     columns = [c for c in TEXT_KINDS if descriptions or c != "product_description"]
     parts = []
     for key, marketplace in marketplaces.items():
@@ -63,15 +71,27 @@ def domain_texts(marketplaces: Mapping[str, Marketplace], splits: Sequence[str],
                 if column not in table.columns:
                     continue
                 values = table[column].dropna()
-                parts.append(pd.DataFrame({"text": values.to_numpy(), "kind": TEXT_KINDS[column], "marketplace": key,
-                                           "language": marketplace.language}))
+                parts.append(pd.DataFrame({"text": values.to_numpy(), "text_pair": "", "kind": TEXT_KINDS[column],
+                                           "marketplace": key, "language": marketplace.language}))
+            if pairs:
+                rows = table[["query", "product_title"]].dropna()
+                parts.append(pd.DataFrame({"text": rows["query"].to_numpy(),
+                                           "text_pair": rows["product_title"].to_numpy(), "kind": PAIR,
+                                           "marketplace": key, "language": marketplace.language}))
     if not parts:
         return pd.DataFrame(columns=list(TEXT_COLUMNS))
     texts = pd.concat(parts, ignore_index=True)
     texts = texts[texts["text"].str.len() > 0]
-    return texts.drop_duplicates("text", keep="first").reset_index(drop=True)[list(TEXT_COLUMNS)]
+    texts = texts.iloc[texts["kind"].eq(PAIR).to_numpy().argsort(kind="stable")]  # pairs after the single texts
+    return texts.drop_duplicates(["text", "text_pair"], keep="first").reset_index(drop=True)[list(TEXT_COLUMNS)]
+
+
+def distill_inputs(texts: pd.DataFrame) -> list[DomainText]:
+    """The rows of :func:`domain_texts` as the distillation takes them: a string, or a (query, title) tuple."""
+    rows = texts[["text", "text_pair", "kind"]].itertuples(index=False)
+    return [(text, pair) if kind == PAIR else text for text, pair, kind in rows]
 
 
 def texts_hash(texts: pd.DataFrame) -> str:
-    """Content hash of the text column in order: the identity of what a student was distilled on."""
-    return table_hash(texts, ("text",))
+    """Content hash of the text columns in order: the identity of what a student was distilled on."""
+    return table_hash(texts, ("text", "text_pair"))

@@ -28,7 +28,7 @@ from tasks.records import Evaluation, Registration, StageOutput
 
 if TYPE_CHECKING:
     from models.config import EncoderDistillConfig, LearnerConfig
-    from models.encoder_distill import DistillResult
+    from models.encoder_distill import DistillResult, DomainText
     from models.encoders import EncoderRef
     from models.relevance import MarketplaceSpec
     from tasks.encoder_evaluation import EncoderEvaluation
@@ -231,7 +231,7 @@ def fetch_teacher_task(info: Any, dest: Path) -> tuple[str, dict[str, pd.DataFra
 
 # ------------------------------------------------------------------ encoder adaptation (flows/adapt_encoder.py)
 @task(name="extract-domain-text", cache_policy=NO_CACHE)
-def extract_text_task(marketplaces: dict[str, Any], splits: list[str], descriptions: bool,
+def extract_text_task(marketplaces: dict[str, Any], splits: list[str], descriptions: bool, pairs: bool,
                       parent_run_id: str | None = None) -> pd.DataFrame:
     """The deduplicated in-domain text of every marketplace (:func:`tasks.domain_text.domain_texts`)."""
     from tasks.domain_text import domain_texts
@@ -242,11 +242,11 @@ def extract_text_task(marketplaces: dict[str, Any], splits: list[str], descripti
         mlflow.log_input(mlflow.data.from_pandas(texts, name="domain-text"), context="distillation")
 
     return _in_step("extract-domain-text", domain_texts, parent_run_id, log_texts, marketplaces, splits,
-                    descriptions=descriptions)
+                    descriptions=descriptions, pairs=pairs)
 
 
 @task(name="distil-encoder", cache_policy=NO_CACHE)
-def distill_encoder_task(texts: list[str], teacher: EncoderRef, out_dir: Path, cfg: EncoderDistillConfig,
+def distill_encoder_task(texts: list[DomainText], teacher: EncoderRef, out_dir: Path, cfg: EncoderDistillConfig,
                          work_dir: Path, parent_run_id: str | None = None) -> DistillResult:
     """:func:`models.encoder_distill.distill_encoder`. Not cached by Prefect: the step resumes by itself (a finished
     output folder is returned as it is, a checkpoint in ``work_dir`` is continued)."""

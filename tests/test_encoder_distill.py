@@ -293,6 +293,42 @@ def test_an_output_folder_is_reused_only_for_the_same_distillation(base_teacher,
         D.distill_encoder(TEXTS, base_teacher, tmp_path / "other", cfg, work_dir=tmp_path / "w")
 
 
+def test_a_pair_is_one_sequence_cut_as_the_learner_cuts_it(base_teacher):
+    from transformers import AutoTokenizer
+
+    from models.encoder_distill import _tokenise
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_teacher.path))
+    long_title = " ".join(["charger"] * 40)
+    features = _tokenise(tokenizer, ["usb charger", ("usb charger", long_title), "cable"], 16, False)
+    assert features[0]["input_ids"] == tokenizer("usb charger")["input_ids"]
+    assert features[2]["input_ids"] == tokenizer("cable")["input_ids"]
+    pair = tokenizer("usb charger", long_title, truncation="longest_first", max_length=16)
+    assert features[1]["input_ids"] == pair["input_ids"] and len(pair["input_ids"]) == 16
+    assert features[1]["input_ids"].count(tokenizer.sep_token_id) == 2, "query and title in one sequence"
+
+
+def test_length_grouped_batches_are_a_seeded_permutation_with_less_padding():
+    from models.encoder_distill import _epoch_order
+
+    rng = np.random.default_rng(0)
+    features = [{"input_ids": [0] * int(n)} for n in rng.integers(3, 60, size=2000)]
+    cfg = EncoderDistillConfig(batch_size=16)
+    grouped = _epoch_order(features, cfg, epoch=0)
+    plain = _epoch_order(features, cfg.model_copy(update={"group_by_length": False}), epoch=0)
+    for order in (grouped, plain):
+        assert sorted(order.tolist()) == list(range(len(features)))
+
+    def padded_tokens(order):
+        lengths = np.array([len(features[i]["input_ids"]) for i in order])
+        return sum(int(lengths[i:i + 16].max()) * len(lengths[i:i + 16]) for i in range(0, len(lengths), 16))
+
+    real = sum(len(f["input_ids"]) for f in features)
+    assert padded_tokens(grouped) < 1.1 * real < padded_tokens(plain)
+    assert np.array_equal(grouped, _epoch_order(features, cfg, epoch=0))  # a resumed run gets the same batches
+    assert not np.array_equal(grouped, _epoch_order(features, cfg, epoch=1))
+
+
 def test_frozen_word_embeddings_stay_the_teachers(base_teacher, tmp_path):
     cfg = EncoderDistillConfig(**QUICK, max_steps=3, train_word_embeddings=False, learning_rate=1e-2)
     D.distill_encoder(TEXTS, base_teacher, tmp_path / "out", cfg, work_dir=tmp_path / "w")

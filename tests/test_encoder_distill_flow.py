@@ -89,6 +89,18 @@ def test_extract_keeps_each_query_title_and_description_once(root, tmp_path):
     assert "description" not in set(plain["kind"])
     assert len(domain_texts(marketplaces, ["train", "valid", "test"])) > len(texts)
 
+    from tasks.domain_text import distill_inputs, texts_hash
+
+    with_pairs = domain_texts(marketplaces, ["train", "valid"], pairs=True)
+    pairs = {(q, t) for m in marketplaces.values() for table in (m.train, m.valid)
+             for q, t in zip(table["query"], table["product_title"], strict=True)}
+    singles = with_pairs[with_pairs["kind"] != "pair"].reset_index(drop=True)
+    assert singles.equals(texts.reset_index(drop=True)), "the single texts come first, unchanged"
+    inputs = distill_inputs(with_pairs)
+    assert inputs[:len(texts)] == texts["text"].tolist()
+    assert set(inputs[len(texts):]) == pairs and len(inputs) == len(texts) + len(pairs), "every pair exactly once"
+    assert texts_hash(with_pairs) != texts_hash(texts)
+
     other = write_root(tmp_path / "tax", langs=("en",), described=())
     both = load_marketplaces([str(root), str(other)])
     assert list(both) == ["shop/en", "shop/es", "tax/en"], "two roots: marketplaces are told apart by root name"
@@ -311,20 +323,39 @@ def test_every_distill_setting_is_reachable_with_set_and_printed(tmp_path):
                "alpha_cos": 2.0, "alpha_mse": 0.5, "alpha_hidden": 0.5, "alpha_attention": 0.0,
                "mlm_probability": 0.2, "mask_replace_prob": 0.7, "random_replace_prob": 0.2, "learning_rate": 1e-4,
                "weight_decay": 0.01, "warmup_ratio": 0.1, "max_grad_norm": 1.0, "batch_size": 16,
-               "gradient_accumulation_steps": 4, "epochs": 3, "max_steps": 10, "max_length": 32,
+               "gradient_accumulation_steps": 4, "epochs": 3, "group_by_length": False, "max_steps": 10,
+               "max_length": 32,
                "train_word_embeddings": False, "checkpoint_steps": 5, "splits": ["train"], "descriptions": False,
+               "pairs": True,
                "max_texts": 100, "eval_seeds": 7, "probe_fraction": 0.5, "eval_batch_size": 8, "latency_pairs": 16,
                "latency_batch_sizes": [1, 8], "latency_repeats": 5, "precision": "fp32", "device": "cpu",
                "seed": 7}
     assert set(changed) == set(EncoderDistillConfig.model_fields), "a new setting needs a value here"
     assert all(getattr(EncoderDistillConfig(), k) != v for k, v in changed.items())
-    cfg = distill_settings(None, [f"{k}={json.dumps(v)}" for k, v in changed.items()])
+    cfg = distill_settings(None, None, [f"{k}={json.dumps(v)}" for k, v in changed.items()])
     assert cfg == EncoderDistillConfig(**changed)
     shown = CliRunner().invoke(app, ["encoder", "distill-config", "--set", "alpha_ce=1.5"])
     assert shown.exit_code == 0 and "alpha_ce = 1.5" in shown.output
     assert "# Weight of the soft-target KL" in shown.output
     for field, info in EncoderDistillConfig.model_fields.items():
         assert info.description, f"{field} has no description"
+
+
+def test_the_cpu_preset_freezes_the_embeddings_and_caps_one_pass_under_the_command_line():
+    from typer import BadParameter
+
+    from flows.cli import app
+    from flows.commands.encoder import distill_settings
+
+    cpu = distill_settings("cpu", None, None)
+    assert (cpu.train_word_embeddings, cpu.max_steps) == (False, 520)
+    assert cpu.model_copy(update={"train_word_embeddings": True, "max_steps": None}) == EncoderDistillConfig()
+    assert distill_settings("cpu", None, ["max_steps=20"]).max_steps == 20  # --set wins over the preset
+    with pytest.raises(BadParameter, match="unknown preset 'gpu'.*cpu"):
+        distill_settings("gpu", None, None)
+    shown = CliRunner().invoke(app, ["encoder", "distill-config", "--preset", "cpu"])
+    assert shown.exit_code == 0
+    assert "train_word_embeddings = false" in shown.output and "max_steps = 520" in shown.output
 
 
 def test_the_flow_and_its_deployment_describe_every_parameter():

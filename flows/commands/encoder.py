@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+DistillPresetOption = Annotated[Optional[str], typer.Option(
+    "--preset", help="Distillation preset under the --config/--set (tasks/presets/encoder/: cpu, sized for ~15 "
+                     "minutes on 2 CPU cores).")]
 DistillConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", help="TOML file of distillation settings (the format `mcl encoder distill-config` prints).")]
 DistillSetOption = Annotated[Optional[list[str]], typer.Option(
@@ -90,24 +93,25 @@ def info(
     console.print(info_table(details))
 
 
-def distill_settings(config: Path | None, sets: list[str] | None):
-    """The distillation settings from --config and --set over the defaults, or a usage error naming the bad field
-    before any work starts."""
+def distill_settings(preset: str | None, config: Path | None, sets: list[str] | None):
+    """The distillation settings from --preset, --config and --set over the defaults, or a usage error naming the
+    bad field or preset before any work starts."""
     from models.config import EncoderDistillConfig
-    from tasks.config import ConfigError, build
+    from tasks.config import ENCODER_PRESETS, ConfigError, build
 
     try:
-        return build(EncoderDistillConfig, file=config, overrides=sets or ())
+        return build(EncoderDistillConfig, preset=preset, kind=ENCODER_PRESETS, file=config, overrides=sets or ())
     except ConfigError as err:
-        raise typer.BadParameter(str(err), param_hint="--config/--set") from None
+        raise typer.BadParameter(str(err), param_hint="--preset/--config/--set") from None
 
 
 @app.command("distill-config")
-def distill_config(config: DistillConfigOption = None, sets: DistillSetOption = None) -> None:
+def distill_config(preset: DistillPresetOption = None, config: DistillConfigOption = None,
+                   sets: DistillSetOption = None) -> None:
     """Print the distillation settings `mcl encoder distill` would use, as TOML, each with its description."""
     from tasks.config import to_toml
 
-    console.print(to_toml(distill_settings(config, sets)), markup=False, highlight=False, soft_wrap=True)
+    console.print(to_toml(distill_settings(preset, config, sets)), markup=False, highlight=False, soft_wrap=True)
 
 
 def evaluation_table(result: dict[str, Any]) -> Table:
@@ -138,6 +142,7 @@ def distill(
     ] = None,
     name: Annotated[Optional[str], typer.Option(
         help="Registered in MLflow as encoder-<name> (default: the output folder's name).")] = None,
+    preset: DistillPresetOption = None,
     config: DistillConfigOption = None,
     sets: DistillSetOption = None,
     verbose: bool = False,
@@ -145,9 +150,9 @@ def distill(
     """Distil the base encoder into one with half the layers on the marketplaces' text, evaluate it frozen against
     its teacher and an undistilled copy, and register it (runs the adapt-encoder flow here).
 
-    Settings come from --config and --set (`mcl encoder distill-config` lists them all)."""
+    Settings come from --preset, --config and --set (`mcl encoder distill-config` lists them all)."""
     configure_logging(verbose)
-    cfg = distill_settings(config, sets)
+    cfg = distill_settings(preset, config, sets)
     from flows.commands.local_prefect import patient_local_prefect
     from models.encoder_distill import DistillOutputError
     from models.encoders import EncoderNotFoundError
