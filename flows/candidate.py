@@ -23,6 +23,7 @@ from prefect.states import Failed, State
 from models.config import GateConfig, LearnerConfig
 from tasks import registry, reporting
 from tasks.config import flat
+from tasks.events import emit_champion_moved
 from tasks.hashing import fingerprint, folder_hash, table_hash
 from tasks.prefect_tasks import evaluate_task, fetch_teacher_task, register_task
 from tasks.records import Evaluation, Registration, StageOutput
@@ -183,6 +184,9 @@ def run_candidate(
         card = log_review_artifacts(client, registration, teacher_version, candidate, evaluation, encoder.name,
                                     spec.label)
     publish_prefect_artifacts(client, card, registration)
+    if registration.alias == registry.CHAMPION:
+        emit_champion_moved(registry.MODEL_NAME, registration.version, champion.version if champion else None,
+                            spec.kind)
     return {"version": registration.version, "alias": registration.alias, "aucs": evaluation.aucs,
             "adapter_auc": evaluation.adapter_auc, "adapter_version": registration.adapter_version,
             "checks": registration.checks, "reasons": registration.reasons, "passed": registration.passed,

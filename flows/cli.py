@@ -18,6 +18,7 @@ from flows.commands import (
     registry,
     retrain,
     settings,
+    student,
     train,
     translate,
     watch,
@@ -34,6 +35,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(settings.app, name="config")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(registry.app, name="registry")
+app.add_typer(student.app, name="student")
 app.command("train-sequence")(train.train_sequence)
 app.command("translate")(translate.translate)
 app.command("arrive")(arrive.arrive)

@@ -268,3 +268,41 @@ class EncoderDistillConfig(_Config):
                                         or min(self.layers) < 0):
             raise ValueError("layers must be distinct, non-negative teacher layer indices")
         return self
+
+
+TeacherWeights = Literal["own", "softmax"]
+
+
+class StudentConfig(_Config):
+    """The compact serving student (AMTSS, Chen et al.; ``mcl student distill``): one shared small encoder and one
+    head per marketplace, distilled from each marketplace's best teacher with an adaptive choice of which
+    marketplaces to train on each epoch.
+
+    ``train.epochs`` is M, the most epochs Algorithm 1 runs; ``train.patience`` ends it sooner when the largest
+    margin stops shrinking. Each epoch trains on the active set A only, so an epoch costs K marketplaces' data.
+    """
+
+    layers: int = Field(4, ge=1, description="Encoder layers of the student, copied from the base encoder (or a "
+                                             "domain-distilled one), evenly spaced from its first to its last layer.")
+    weight: float = Field(1.0, ge=0, description="λ, the weight of Σ_i KL(ŷ_i^T ‖ ŷ_i^S) against Σ_i CE(y_i, ŷ_i^S); "
+                                                 "0 trains on the labels alone.")
+    top_k: int = Field(2, ge=1, description="K: how many marketplaces, largest margin first, the next epoch trains "
+                                            "on (all of them when there are at most K).")
+    epsilon: float = Field(0.005, ge=0, description="ε: training stops once every marketplace's margin (teacher "
+                                                    "minus student validation ROC-AUC) is below it.")
+    teacher_weights: TeacherWeights = Field(
+        "own", description="Teacher importance weights w_{t,i} on marketplace i: all on i's own (best) teacher, or a "
+                           "softmax over every candidate's validation ROC-AUC on i.")
+    weight_temperature: float = Field(1.0, gt=0, description="Temperature of the softmax teacher weights (1: the "
+                                                             "paper's plain softmax over ROC-AUC; lower favours "
+                                                             "the best candidate more).")
+    gate_margin: float = Field(0.01, ge=0, description="The student becomes relevance-student@champion only when "
+                                                       "every marketplace's validation ROC-AUC is within this of its "
+                                                       "teacher's.")
+    # A 4-layer encoder fine-tuned end to end: BERT's usual fine-tuning rate, a little higher for the shallower
+    # network; patience 3 lets a marketplace that left A come back before early stopping gives up.
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=5e-5, patience=3),
+                               description="The student's training (the one training loop): epochs is M, the most "
+                                           "epochs Algorithm 1 runs.")
+    device: Device = Field("auto", description="auto (CUDA when present, with bf16/fp16 autocast), cpu or cuda.")
+    seed: int = Field(13, ge=0, description="Seeds the heads' initialisation, dropout and the batch order.")

@@ -80,7 +80,13 @@ def default_layers(teacher_layers: int) -> list[int]:
 
     For 12 layers that is DistilBERT's and the paper's [0, 2, 4, 7, 9, 11]; keeping the first and the last layer
     keeps the embedding interface and the output space the teacher's."""
-    count = max(1, teacher_layers // 2)
+    return evenly_spaced_layers(teacher_layers, max(1, teacher_layers // 2))
+
+
+def evenly_spaced_layers(teacher_layers: int, count: int) -> list[int]:
+    """``count`` of ``teacher_layers`` layers, evenly spaced from the first to the last (rounded half up)."""
+    if not 1 <= count <= teacher_layers:
+        raise ValueError(f"cannot take {count} layers from a teacher with {teacher_layers}")
     return [math.floor(x + 0.5) for x in np.linspace(0, teacher_layers - 1, count)]
 
 
@@ -121,6 +127,15 @@ def build_student(teacher: Path, out_dir: Path, layers: Sequence[int] | None = N
 
     The student carries a pooler only when the teacher's folder has one, so it loads exactly as the teacher does:
     this project's heads read the [CLS] token or mean-pool and never use the pooler."""
+    out_dir = Path(out_dir)
+    student_encoder(teacher, layers).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(str(teacher)).save_pretrained(out_dir)
+    return out_dir
+
+
+def student_encoder(teacher: Path, layers: Sequence[int] | None = None) -> PreTrainedModel:
+    """The teacher's architecture with only ``layers`` (default: :func:`default_layers`), in memory: its embeddings
+    and those layers copied bit for bit, a pooler only when the teacher's folder has one."""
     pooler = has_pooler(teacher)
     base = AutoModel.from_pretrained(str(teacher), add_pooling_layer=pooler)
     chosen = resolve_layers(int(base.config.num_hidden_layers), layers)
@@ -137,10 +152,7 @@ def build_student(teacher: Path, out_dir: Path, layers: Sequence[int] | None = N
         else:
             state[key] = value
     student.load_state_dict(state, strict=True)  # strict: every student weight comes from the teacher
-    out_dir = Path(out_dir)
-    student.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(str(teacher)).save_pretrained(out_dir)
-    return out_dir
+    return student
 
 
 def teacher_has_mlm_head(teacher: Path, choice: str = "auto") -> bool:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
 from models.device import autocast, resolve_device
+from models.folders import write_folder
 from models.fusion_attention import fusion_modules
 from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
 
@@ -278,28 +276,16 @@ class RelevanceModel:
 
     def save(self, folder: str | Path) -> Path:
         """Write atomically: a crash mid-save leaves the previous folder (or nothing), never half a model."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             (tmp / "adapters").mkdir()
             for spec in self.marketplaces:
                 self.net.save_adapter(str(tmp / "adapters" / spec.id), spec.id, with_head=True, use_safetensors=True)
             if self.fusion is not None:
                 self.net.save_adapter_fusion(str(tmp / "fusion"), self.fusion, with_head=True, use_safetensors=True)
             (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2))
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return write_folder(folder, write)
 
     @staticmethod
     def read_manifest(folder: str | Path) -> dict:

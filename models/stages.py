@@ -98,7 +98,7 @@ def train_language_adapter(
     return StageReport("adapter", spec.id, result, model.total_parameters())
 
 
-def _mixed_epoch(splits: Sequence[EncodedPairs], batch_size: int, pad: int, seed: int) -> list[Batch]:
+def mixed_epoch(splits: Sequence[EncodedPairs], batch_size: int, pad: int, seed: int) -> list[Batch]:
     """All batches of all splits, each batch from one split, in a seeded random order."""
     epoch = [b for i, s in enumerate(splits) for b in batches(s, batch_size, pad, shuffle=True, seed=seed + 7919 * i)]
     order = np.random.default_rng(seed).permutation(len(epoch))
@@ -265,7 +265,7 @@ def _train_fusion(
     steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
     result = fit(
         model.net, params,
-        epoch_batches=lambda epoch: _mixed_epoch([task, *extra], cfg.batch_size, pad, learner.seed + epoch),
+        epoch_batches=lambda epoch: mixed_epoch([task, *extra], cfg.batch_size, pad, learner.seed + epoch),
         loss_fn=loss_fn,
         evaluate=_validation(model, valid, student, cfg.eval_batch_size, kept_valid),
         cfg=cfg, steps_per_epoch=steps, desc=f"fusion[{student}]", checkpoint=checkpoint,

@@ -113,6 +113,7 @@ def fit(
     checkpoint: Path | None = None,
     before_step: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train ``params`` (everything else must already be frozen) and keep the best epoch.
 
@@ -124,6 +125,9 @@ def fit(
     ``before_step`` runs once per batch when the gradients are complete and unscaled, before
     clipping and the optimizer step (HAT masks gradients there); ``after_step`` runs after the
     optimizer step (HAT clamps its task embeddings there).
+
+    ``stop`` is asked after each epoch's evaluation (and checkpoint): True ends training there, for a stage with a
+    convergence rule of its own besides patience (the serving student stops once every margin is below ε).
     """
     device = next(module.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -207,9 +211,12 @@ def fit(
                 "scheduler": scheduler.state_dict(), "history": history, "seen": seen,
                 "train_seconds": train_seconds,
             })
+        if stop is not None and stop():
+            stopped_early = True
+            break
     _restore(params, best_state)
     if stopped_early:
-        log.info("%s: stopped early after epoch %d; restored epoch %d", desc, epoch, best_epoch + 1)
+        log.info("%s: stopped early after epoch %d; restored epoch %d", desc, len(history), best_epoch + 1)
     return FitResult(
         best_metric=best_metric,
         best_epoch=best_epoch + 1,

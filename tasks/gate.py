@@ -55,3 +55,20 @@ def promotion_decision(
         if not fused > adapter_auc + adapter_margin:
             reasons.append(line)
     return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
+
+
+def student_decision(teachers: Mapping[str, float], student: Mapping[str, float], margin: float) -> GateDecision:
+    """The serving student's gate: every marketplace's validation ROC-AUC within ``margin`` of its teacher's (a
+    marketplace the student was not scored on fails)."""
+    reasons, checks = [], []
+    for mid, teacher in teachers.items():
+        score = student.get(mid)
+        if score is None:
+            reasons.append(f"{mid}: not evaluated")
+            continue
+        line = (f"{mid}: validation ROC-AUC student {score:.4f} vs teacher {teacher:.4f} "
+                f"(margin {teacher - score:+.4f}, max {margin})")
+        checks.append(line)
+        if teacher - score > margin + 1e-9:  # a margin of exactly the allowed one passes
+            reasons.append(line)
+    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)

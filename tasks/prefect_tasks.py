@@ -27,12 +27,14 @@ from tasks import registry, reporting, steps
 from tasks.records import Evaluation, Registration, StageOutput
 
 if TYPE_CHECKING:
-    from models.config import EncoderDistillConfig, LearnerConfig
+    from models.config import EncoderDistillConfig, LearnerConfig, StudentConfig
     from models.encoder_distill import DistillResult, DomainText
     from models.encoders import EncoderRef
     from models.relevance import MarketplaceSpec
     from tasks.encoder_evaluation import EncoderEvaluation
     from tasks.encoder_registry import EncoderRegistration, EncoderRegistrationRequest
+    from tasks.student_registry import StudentRegistrationRequest
+    from tasks.student_steps import StudentTeachers
 
 log = logging.getLogger(__name__)
 # Logging a dataset (mlflow.data.from_pandas) warns that the integer label column could not hold missing
@@ -285,3 +287,69 @@ def register_encoder_task(request: EncoderRegistrationRequest, parent_run_id: st
 
     with registry.in_run(parent_run_id):
         return register_encoder(request)
+
+
+# ------------------------------------------------------------------ the serving student (flows/student.py)
+@task(name="fetch-model", retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def fetch_model_task(info: Any, dest: Path, name: str = registry.MODEL_NAME) -> str:
+    """A registered version's model folder from the artifact store (retried: I/O)."""
+    return str(registry.model_folder(info, dest, name))
+
+
+@task(name="choose-teachers", cache_key_fn=keyed_cache, persist_result=True)
+def student_teachers_task(key: str, models: dict[str, str], encoder: EncoderRef, train: dict[str, pd.DataFrame],
+                          valid: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame], cfg: StudentConfig,
+                          parent_run_id: str | None = None) -> StudentTeachers:
+    """:func:`tasks.student_steps.teachers_step`, cached by the candidates' folders, the tables and the weights."""
+    from tasks.student_steps import teachers_step
+
+    def log_teachers(t: StudentTeachers) -> None:
+        mlflow.log_params({f"teacher.{m}": name for m, name in t.teachers.items()})
+        mlflow.log_metrics({f"teacher_valid_auc.{m}": v for m, v in t.teacher_aucs.items()})
+        mlflow.log_dict(t.aucs, "teacher_candidates.json")
+
+    return _in_step("choose-teachers", teachers_step, parent_run_id, log_teachers, models, encoder, train, valid,
+                    test, cfg)
+
+
+@task(name="distill-student", cache_key_fn=keyed_cache, persist_result=True)
+def train_student_task(key: str, teachers: StudentTeachers, train: dict[str, pd.DataFrame],
+                       valid: dict[str, pd.DataFrame], languages: dict[str, str], cfg: StudentConfig, work_dir: Path,
+                       base: EncoderRef | None = None, text_from: str | None = None, parent_dir: str | None = None,
+                       new_marketplace: str | None = None, parent_run_id: str | None = None) -> StageOutput:
+    """:func:`tasks.student_steps.train_student_step`; every epoch's margins and active set go to the step's run."""
+    from tasks.student_steps import train_student_step
+
+    def log_student(output: StageOutput) -> None:
+        for e in output.report["epochs"]:
+            mlflow.log_metrics({"max_margin": e["max_margin"], **{f"margin.{m}": v for m, v in e["margin"].items()},
+                                **{f"rank.{m}": v for m, v in e["rank"].items()},
+                                **{f"active.{m}": float(m in e["trained_on"]) for m in e["margin"]}},
+                               step=int(e["epoch"]))
+        mlflow.log_param("stop_reason", output.report["stop_reason"][:500])
+
+    return _in_step("distill-student", train_student_step, parent_run_id, log_student, teachers, train, valid,
+                    languages, cfg, work_dir, base=base, text_from=text_from, parent_dir=parent_dir,
+                    new_marketplace=new_marketplace)
+
+
+@task(name="evaluate-student", cache_key_fn=keyed_cache, persist_result=True)
+def evaluate_student_task(key: str, model_dir: str, valid: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame],
+                          device: str, parent_run_id: str | None = None) -> dict[str, dict[str, float]]:
+    from tasks.student_steps import evaluate_student_step
+
+    def log_scores(ev: dict[str, dict[str, float]]) -> None:
+        mlflow.log_metrics({f"{split}_auc.{m}": v for split, scores in ev.items() for m, v in scores.items()})
+
+    return _in_step("evaluate-student", evaluate_student_step, parent_run_id, log_scores, model_dir, valid, test,
+                    device)
+
+
+@task(name="register-student", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 60])
+def register_student_task(request: StudentRegistrationRequest, parent_run_id: str | None = None) -> Registration:
+    """:func:`tasks.student_registry.register_student` into the parent run (the version's source run); a retry finds
+    a version created by the try before by its fingerprint."""
+    from tasks.student_registry import register_student
+
+    with registry.in_run(parent_run_id):
+        return register_student(request)

@@ -10,7 +10,7 @@ it unless the checksum matches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,27 +55,53 @@ class RelevancePyfunc(mlflow.pyfunc.PythonModel):
         self.model = RelevanceModel.load(context.artifacts[MODEL_ARTIFACT], _resolve_encoder(config["encoder"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from models.pairs import Pairs
-
-        table = pd.DataFrame(model_input)
-        missing = [c for c in INPUT_COLUMNS if c not in table.columns]
-        if missing:
-            raise PyfuncInputError(f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}, "
-                                   f"got {list(table.columns)}")
-        known = set(self.model.adapter_names)
-        unknown = sorted(set(table["marketplace"].astype(str)) - known)
-        if unknown:
-            raise PyfuncInputError(f"marketplace(s) {unknown} are not in this model (it knows {sorted(known)})")
+        table = checked_input(model_input, self.model.adapter_names)
         mode = (params or {}).get("mode", "fusion")
         if mode not in MODES:
             raise PyfuncInputError(f"mode {mode!r} is not one of {MODES}")
         scores = pd.Series(0.0, index=table.index, dtype="float64")
         groups = [(None, table)] if mode == "fusion" else list(table.groupby("marketplace", sort=False))
         for marketplace, rows in groups:
-            pairs = Pairs(rows["query"].astype(str).tolist(), rows["product_title"].astype(str).tolist(),
-                          [0] * len(rows))
-            scores.loc[rows.index] = self.model.predict_proba(pairs, setup=marketplace)
+            scores.loc[rows.index] = self.model.predict_proba(row_pairs(rows), setup=marketplace)
         return pd.DataFrame({"score": scores.to_numpy()})
+
+
+class StudentPyfunc(mlflow.pyfunc.PythonModel):
+    """The serving student (``relevance-student``): each row scored by the student's head for its marketplace.
+    The student folder holds its own encoder, so nothing is resolved at load."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from models.student import StudentModel
+
+        self.model = StudentModel.load(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        table = checked_input(model_input, self.model.marketplace_ids)
+        scores = pd.Series(0.0, index=table.index, dtype="float64")
+        for marketplace, rows in table.groupby("marketplace", sort=False):
+            scores.loc[rows.index] = self.model.predict_proba(str(marketplace), row_pairs(rows))
+        return pd.DataFrame({"score": scores.to_numpy()})
+
+
+def checked_input(model_input: pd.DataFrame, known: Sequence[str]) -> pd.DataFrame:
+    """The rows as a table, or one :class:`PyfuncInputError` naming a missing column or an unknown marketplace."""
+    table = pd.DataFrame(model_input)
+    missing = [c for c in INPUT_COLUMNS if c not in table.columns]
+    if missing:
+        raise PyfuncInputError(f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}, "
+                               f"got {list(table.columns)}")
+    table = table.assign(marketplace=table["marketplace"].astype(str))
+    unknown = sorted(set(table["marketplace"]) - set(known))
+    if unknown:
+        raise PyfuncInputError(f"marketplace(s) {unknown} are not in this model (it knows {sorted(known)})")
+    return table
+
+
+def row_pairs(rows: pd.DataFrame):
+    """The rows' (query, product_title) as unlabelled pairs."""
+    from models.pairs import Pairs
+
+    return Pairs(rows["query"].astype(str).tolist(), rows["product_title"].astype(str).tolist(), [0] * len(rows))
 
 
 #: What the pyfunc imports when it loads and scores (models/, tasks/settings.py, the embedded encoder's builder),
@@ -108,6 +134,8 @@ PYFUNC_SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("double", "score")]),
     params=ParamSchema([ParamSpec("mode", "string", MODES[0])]),
 )
+#: The student has no fusion/adapter modes: the same rows in, the same scores out, no params.
+STUDENT_SIGNATURE = ModelSignature(inputs=PYFUNC_SIGNATURE.inputs, outputs=PYFUNC_SIGNATURE.outputs)
 
 
 def input_example(tables: Mapping[str, pd.DataFrame], rows_per_marketplace: int = 2) -> pd.DataFrame:
@@ -126,20 +154,24 @@ def log_relevance_pyfunc(
     tags: Mapping[str, str],
     example: pd.DataFrame | None = None,
     metrics: Mapping[str, float] | None = None,
+    python_model: mlflow.pyfunc.PythonModel | None = None,
+    signature: ModelSignature = PYFUNC_SIGNATURE,
 ) -> str:
     """Log ``model_dir`` as a pyfunc into the active run and register it with all its tags; returns the version.
 
     Registration is a separate ``mlflow.register_model`` call so the tags travel with the creation of the
     version: a reader (or the next arrival) never sees a version that exists but does not yet say what it is.
     The version's source run is the active run (the flow's parent run, see ``registry.register``); ``metrics``
-    (its ROC-AUC per marketplace) are linked to the logged model, so the version page shows them.
+    (its ROC-AUC per marketplace) are linked to the logged model, so the version page shows them. ``python_model``
+    and ``signature`` default to the relevance model's; the student passes its own and no encoder (None): its folder
+    holds its encoder.
     """
     info = mlflow.pyfunc.log_model(
         name=registered_name,
-        python_model=RelevancePyfunc(),
+        python_model=python_model or RelevancePyfunc(),
         artifacts={MODEL_ARTIFACT: str(model_dir)},
-        model_config={"encoder": encoder_config(encoder)},
-        signature=PYFUNC_SIGNATURE,  # explicit: inferring it from the example would miss the `mode` param
+        model_config={"encoder": encoder_config(encoder)} if encoder is not None else None,
+        signature=signature,  # explicit: inferring it from the example would miss the `mode` param
         input_example=example,
         pip_requirements=pinned_requirements(),
         code_paths=code_paths(),

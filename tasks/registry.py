@@ -70,15 +70,16 @@ class RegistryError(RuntimeError):
 class PromotionRefused(RuntimeError):
     """The gate kept the champion; the new version is registered as challenger."""
 
-    def __init__(self, version: str, reasons: Sequence[str]) -> None:
+    def __init__(self, version: str, reasons: Sequence[str], name: str = MODEL_NAME) -> None:
         self.version = version
         self.reasons = list(reasons)
-        super().__init__(f"version {version} of {MODEL_NAME!r} was not promoted (alias {CHALLENGER!r}): "
+        self.name = name
+        super().__init__(f"version {version} of {name!r} was not promoted (alias {CHALLENGER!r}): "
                          + "; ".join(self.reasons))
 
     def __reduce__(self) -> tuple:
-        # A refusal is a flow run's final state data, persisted and read back by Prefect: rebuild from both fields.
-        return (type(self), (self.version, self.reasons))
+        # A refusal is a flow run's final state data, persisted and read back by Prefect: rebuild from every field.
+        return (type(self), (self.version, self.reasons, self.name))
 
 
 @dataclass(frozen=True)

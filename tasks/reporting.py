@@ -162,3 +162,32 @@ def model_card(
     lines += ["", "Limitations: scores are calibrated on the marketplaces above only; a marketplace not listed is "
               "refused at prediction time."]
     return "\n".join(lines) + "\n"
+
+
+def margin_rows(epochs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The student's per-epoch table, one row per (epoch, marketplace): its ROC-AUC, margin and rank, whether the
+    epoch trained on it, and whether the next epoch does (epoch 0: before training)."""
+    return [{"epoch": e["epoch"], "marketplace": mid, "student_auc": round(e["student_auc"][mid], 6),
+             "margin": round(margin, 6), "rank": e["rank"][mid], "trained": mid in e["trained_on"],
+             "next_active": mid in e["next_active"]}
+            for e in epochs for mid, margin in e["margin"].items()]
+
+
+def margin_figure(epochs: Sequence[Mapping[str, Any]], epsilon: float, kept_epoch: int) -> Figure:
+    """Margin (teacher minus student validation ROC-AUC) per marketplace over the epochs; a filled marker where an
+    epoch trained on the marketplace, ε as a dotted line, the kept epoch as a vertical one."""
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
+    x = [e["epoch"] for e in epochs]
+    for mid in epochs[0]["margin"]:
+        line, = ax.plot(x, [e["margin"][mid] for e in epochs], label=mid)
+        trained = [e for e in epochs if mid in e["trained_on"]]
+        ax.scatter([e["epoch"] for e in trained], [e["margin"][mid] for e in trained], color=line.get_color(), s=18)
+    ax.axhline(epsilon, color="grey", linestyle=":", label=f"epsilon {epsilon}")
+    ax.axvline(kept_epoch, color="black", linestyle="--", linewidth=0.8, label=f"kept epoch {kept_epoch}")
+    ax.set_xlabel("epoch (dots: trained on it)")
+    ax.set_ylabel("teacher − student ROC-AUC")
+    ax.legend(fontsize="small")
+    ax.set_title("student margins per marketplace (validation)")
+    fig.tight_layout()
+    return fig

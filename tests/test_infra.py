@@ -193,7 +193,8 @@ def test_every_deployment_parameter_has_a_description(deployments):
             assert prop.get("description", "").strip(), f"{entrypoint}: parameter {name!r} has no description"
         assert set(deployment.get("parameters", {})) <= set(properties), entrypoint
     assert seen == {"flows/arrival.py:marketplace_arrival", "flows/watcher.py:landing_watcher",
-                    "flows/retrain.py:scheduled_retraining", "flows/adapt_encoder.py:adapt_encoder"}
+                    "flows/retrain.py:scheduled_retraining", "flows/adapt_encoder.py:adapt_encoder",
+                    "flows/student.py:distill_student"}
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,19 @@ def show(version: VersionArgument) -> None:
     console.print(Markdown(info.description) if info.description else "(no model card: the version has no description)")
 
 
+def announce(move: Any, how: str) -> None:
+    """On a team stack, tell the automations that @champion moved (the serving student re-distils on it); a local
+    registry without a Prefect server has none to tell."""
+    from flows.commands.local_prefect import configured_prefect_api
+
+    if configured_prefect_api() is None:
+        return
+    from tasks import registry
+    from tasks.events import emit_champion_moved
+
+    emit_champion_moved(registry.MODEL_NAME, move.champion, move.replaced, how)
+
+
 @contextmanager
 def alias_lock() -> Iterator[None]:
     """On a team stack (a Prefect server configured), hold the lock arrivals and retrainings hold from reading
@@ -146,6 +159,7 @@ def promote(
 
     with alias_lock(), registry_client() as client:
         move = registry.promote(client, version, force=force)
+    announce(move, "promote")
     console.print(f"[green]{registry.MODEL_NAME}@{registry.CHAMPION} -> version {move.champion}[/green]"
                   + (f" (was version {move.replaced}, now @{registry.PREVIOUS_CHAMPION})" if move.replaced else "")
                   + (f"; no longer serves {','.join(move.dropped)}" if move.dropped else ""), highlight=False)
@@ -157,6 +171,7 @@ def rollback() -> None:
 
     with alias_lock(), registry_client() as client:
         move = registry.rollback(client)
+    announce(move, "rollback")
     console.print(f"[green]{registry.MODEL_NAME}@{registry.CHAMPION} rolled back to version {move.champion}[/green]"
                   + (f" (from version {move.replaced})" if move.replaced else "")
                   + (f"; @{registry.PREVIOUS_CHAMPION} is now version {move.previous_champion}"
