@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from models.config import GateConfig
@@ -33,19 +33,11 @@ def promotion_decision(
     """
     on = dict(measured_on or {})
     max_regression, adapter_margin = gate.max_regression, gate.adapter_margin
-    reasons, checks = [], []
-    for mid, before in champion.items():
-        if mid == new_marketplace:
-            continue  # a replaced marketplace is judged against its adapter, not its old self
-        after = candidate.get(mid)
-        if after is None:
-            reasons.append(f"{mid}: not evaluated")
-            continue
-        line = (f"{mid}: {on.get(mid, 'validation')} ROC-AUC {after:.4f} vs champion {before:.4f} "
-                f"(drop {before - after:+.4f}, max {max_regression})")
-        checks.append(line)
-        if before - after > max_regression + 1e-9:  # a drop of exactly max_regression is allowed
-            reasons.append(line)
+    # a replaced marketplace is judged against its adapter, not its old self
+    old = {mid: score for mid, score in champion.items() if mid != new_marketplace}
+    reasons, checks = _within(old, candidate, max_regression, lambda mid, before, after: (
+        f"{mid}: {on.get(mid, 'validation')} ROC-AUC {after:.4f} vs champion {before:.4f} "
+        f"(drop {before - after:+.4f}, max {max_regression})"))
     if new_marketplace is not None and adapter_auc is not None:
         fused = candidate[new_marketplace]
         line = (f"{new_marketplace}: {on.get(new_marketplace, 'validation')} ROC-AUC fused {fused:.4f} vs "
@@ -60,15 +52,24 @@ def promotion_decision(
 def student_decision(teachers: Mapping[str, float], student: Mapping[str, float], margin: float) -> GateDecision:
     """The serving student's gate: every marketplace's validation ROC-AUC within ``margin`` of its teacher's (a
     marketplace the student was not scored on fails)."""
+    reasons, checks = _within(teachers, student, margin, lambda mid, teacher, score: (
+        f"{mid}: validation ROC-AUC student {score:.4f} vs teacher {teacher:.4f} "
+        f"(margin {teacher - score:+.4f}, max {margin})"))
+    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
+
+
+def _within(reference: Mapping[str, float], scores: Mapping[str, float], limit: float,
+            describe: Callable[[str, float, float], str]) -> tuple[list[str], list[str]]:
+    """Each marketplace's score against its reference: a check line each, and a reason where it falls more than
+    ``limit`` below (exactly ``limit`` passes) or was not scored. Both gates compare this way."""
     reasons, checks = [], []
-    for mid, teacher in teachers.items():
-        score = student.get(mid)
-        if score is None:
+    for mid, before in reference.items():
+        after = scores.get(mid)
+        if after is None:
             reasons.append(f"{mid}: not evaluated")
             continue
-        line = (f"{mid}: validation ROC-AUC student {score:.4f} vs teacher {teacher:.4f} "
-                f"(margin {teacher - score:+.4f}, max {margin})")
+        line = describe(mid, before, after)
         checks.append(line)
-        if teacher - score > margin + 1e-9:  # a margin of exactly the allowed one passes
+        if before - after > limit + 1e-9:
             reasons.append(line)
-    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
+    return reasons, checks
