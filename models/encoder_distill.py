@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ from models import distill_losses as L
 from models.config import EncoderDistillConfig
 from models.device import autocast, autocast_dtype, resolve_device
 from models.encoder_ref import EncoderRef, weight_files
+from models.folders import write_folder
 from models.training import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -348,11 +348,11 @@ def _check_output(out_dir: Path, fingerprint: str) -> DistillResult | None:
 
 def _publish(student: PreTrainedModel, tokenizer, teacher_config, result: DistillResult, cfg: EncoderDistillConfig,
              out_dir: Path) -> None:
-    """Weights, tokenizer and the manifest (written last) into a temp folder beside ``out_dir``, then one rename: a
-    killed run never leaves a folder that looks finished."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    """Weights, tokenizer and the manifest (written last) into a temp folder beside ``out_dir``, then renamed over it
+    (:func:`models.folders.write_folder`): a killed run never leaves a folder that looks finished. ``out_dir`` is
+    absent or an empty folder the user made beforehand (:func:`_check_output` refuses anything else)."""
+
+    def write(building: Path) -> None:
         student.config.attention_probs_dropout_prob = teacher_config.attention_probs_dropout_prob
         student.save_pretrained(building)
         tokenizer.save_pretrained(building)
@@ -362,12 +362,8 @@ def _publish(student: PreTrainedModel, tokenizer, teacher_config, result: Distil
         umask = os.umask(0)
         os.umask(umask)
         building.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared encoder from the team
-        if out_dir.exists():
-            out_dir.rmdir()  # an empty folder the user created beforehand
-        os.replace(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+
+    write_folder(out_dir, write)
 
 
 def distill_encoder(
