@@ -1,5 +1,10 @@
 """Scheduled retraining: refresh the champion on fresh data, through the same gate as an arrival.
 
+Two kinds of method (``learner.retrain.method``). The default, ``redistill``, is described next. The joint methods
+(``async-kd``, and the baselines ``uniform``, ``dwa``, ``gradnorm``) keep training the champion's own fusion and head
+on every fresh marketplace at once, each marketplace with its own loss; under ``async-kd`` each converges on its own
+schedule (Lu et al.; ``models.joint_training``). Either way the result goes through the same gate and registry.
+
 Fresh data for existing marketplaces sits in ``<data_root>/<id>/`` with a ready marker (the landing-zone
 layout, local or ``s3://``). The champion's adapters stay as they are; a fresh fusion over them learns
 the fresh labelled data (cross-entropy) while distilling the champion's fusion attention on it (L_AD),
@@ -32,7 +37,13 @@ from tasks import registry
 from tasks.config import entry_learner
 from tasks.hashing import fingerprint, table_hash
 from tasks.landing import scan_landing_zone
-from tasks.prefect_tasks import load_storage_credentials, project_log_level, redistill_task, registry_lock
+from tasks.prefect_tasks import (
+    joint_retrain_task,
+    load_storage_credentials,
+    project_log_level,
+    redistill_task,
+    registry_lock,
+)
 from tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -45,13 +56,15 @@ def scheduled_retraining(
     gate: GateConfig = GateConfig(),
     encoder: str | None = None,
 ) -> dict | State | None:
-    """Re-distil the champion's fusion on fresh data of its marketplaces; None when there is nothing to retrain.
+    """Retrain the champion's fusion on fresh data of its marketplaces (``learner.retrain.method``); None when there is
+    nothing to retrain.
 
     Args:
         data_root: Landing zone of fresh data: <data_root>/<marketplace>/{train,valid,test} with a _READY marker
             (a local folder or s3://).
-        learner: Every learner setting; the fusion stage and distillation drive a retraining (the default starts
-            the new fusion from the champion's), the adapter stage a one-marketplace champion's retraining.
+        learner: Every learner setting; retrain.method chooses the method (redistill: the fusion stage and
+            distillation, starting from the champion's fusion; async-kd and the joint baselines: retrain.* with the
+            fusion stage's optimiser settings), the adapter stage a one-marketplace champion's retraining.
         gate: When the retrained version may replace relevance@champion.
         encoder: Base encoder (hub id, local folder, or the embedded default); must match the champion's.
     """
@@ -98,12 +111,21 @@ def scheduled_retraining(
     fresh_data = {f.marketplace: {"landing": f.key, **hashes[f.marketplace]} for f in fresh}
     work = settings.cache_dir / "steps" / "retrain"
 
+    method = learner.retrain.method
+
     def train_candidate(parent: str, teacher: Teacher) -> Candidate:
         version = teacher.version
-        key = fingerprint("refusion", teacher.folder_hash, ref.checksum, hashes, learner.fusion, learner.distill,
-                          learner.max_length, learner.seed)
-        stage = candidate.run_stage(redistill_task, key, teacher.model_dir, ref, train, valid, learner, work / key[:20],
-                          parent_run_id=parent)
+        if method == "redistill":
+            key = fingerprint("refusion", teacher.folder_hash, ref.checksum, hashes, learner.fusion, learner.distill,
+                              learner.max_length, learner.seed)
+            stage = candidate.run_stage(redistill_task, key, teacher.model_dir, ref, train, valid, learner,
+                                        work / key[:20], parent_run_id=parent)
+        else:
+            key = fingerprint("joint", teacher.folder_hash, ref.checksum, hashes, learner.fusion, learner.retrain,
+                              learner.distill.regularization, learner.max_length, learner.seed)
+            stage = candidate.run_stage(joint_retrain_task, key, teacher.model_dir, ref,
+                                        {m: d.train for m, d in data.items()}, {m: d.valid for m, d in data.items()},
+                                        learner, work / key[:20], parent_run_id=parent)
         return Candidate(
             stages=[stage], marketplaces=list(zip(version.marketplaces, version.languages, strict=True)),
             tests=teacher.tests, valids=teacher.valids,
@@ -114,7 +136,8 @@ def scheduled_retraining(
     run = candidate.RunSpec(
         kind="retrain", run_name=f"retrain-{'-'.join(data)}", label="retrain " + ",".join(data),
         tags={"marketplaces": ",".join(data)},
-        params={"fresh_marketplaces": ",".join(data), **{f"fresh_data.{f.marketplace}": f.key for f in fresh}},
+        params={"fresh_marketplaces": ",".join(data), "retrain_method": method,
+                **{f"fresh_data.{f.marketplace}": f.key for f in fresh}},
         inputs=[candidate.Inputs(getattr(data[f.marketplace], s), getattr(f, s), f"{f.marketplace}-{s}-fresh", s)
                 for f in fresh for s in ("train", "valid")],
         work_dir=work, identity={"fresh": hashes},

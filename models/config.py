@@ -25,6 +25,9 @@ HeadInit = Literal["previous", "random"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TranslationBackend = Literal["auto", "opus-mt", "ctranslate2", "apertium"]
+RetrainMethod = Literal["redistill", "async-kd", "uniform", "dwa", "gradnorm"]
+RetrainParts = Literal["fusion", "adapters"]
+RetrainOrder = Literal["joint", "small-first", "large-first"]
 
 
 class _Config(BaseModel):
@@ -107,6 +110,46 @@ class TranslationConfig(_Config):
                                                             "or apertium.")
 
 
+class RetrainConfig(_Config):
+    """How a retraining on fresh data of several marketplaces at once trains the champion's shared parts.
+
+    ``redistill`` is a fresh fusion distilling the champion's attention on the pooled data. The others train the
+    champion's own fusion and head (or its adapters) jointly on batches that mix every marketplace, each with its
+    own loss: ``uniform`` sums them, ``dwa`` and ``gradnorm`` weight them (Liu et al. 2019; Chen et al. 2018), and
+    ``async-kd`` (Lu et al. 2024) lets every marketplace converge on its own: once one stops improving, training
+    rewinds to its best checkpoint and its loss becomes distillation from that checkpoint's predictions.
+    """
+
+    method: RetrainMethod = Field("redistill", description="redistill (a fresh fusion, CE + L_AD against the "
+                                                           "champion on the pooled data), async-kd, or a joint "
+                                                           "baseline: uniform, dwa, gradnorm.")
+    trains: RetrainParts = Field("fusion", description="What the joint methods train: the fusion and its head, or "
+                                                       "every marketplace's adapter (fusion and head frozen).")
+    eval_every: int = Field(200, ge=1, description="E: optimiser steps between validation passes (the paper: 200).")
+    patience: int = Field(3, ge=1, description="Validation passes without a better ROC-AUC after which a "
+                                               "marketplace has converged (the paper: 3).")
+    max_steps: int = Field(4000, ge=1, description="Step budget of the joint methods; they end there even if a "
+                                                   "marketplace has not converged.")
+    sample_floor: float = Field(0.1, ge=0, lt=1, description="Smallest share of a batch's rows any marketplace "
+                                                             "gets; above it rows are drawn in proportion to each "
+                                                             "marketplace's training rows.")
+    order: RetrainOrder = Field("joint", description="joint: every marketplace from the start; small-first or "
+                                                     "large-first: one at a time, the next joining when the newest "
+                                                     "has converged (async-kd only).")
+    dwa_temperature: float = Field(2.0, gt=0, description="DWA's T (Liu et al. 2019 use 2).")
+    gradnorm_alpha: float = Field(1.5, ge=0, description="GradNorm's α, the restoring force towards equal "
+                                                         "training rates (Chen et al. 2018 use 1.5 on NYUv2).")
+    gradnorm_learning_rate: float = Field(0.025, gt=0, description="Adam learning rate of GradNorm's task weights "
+                                                                   "(Chen et al.'s toy setting: 0.025).")
+
+    @model_validator(mode="after")
+    def _order_needs_async(self) -> RetrainConfig:
+        if self.order != "joint" and self.method != "async-kd":
+            raise ValueError(f"order={self.order!r} needs method='async-kd' (a marketplace joins when the newest "
+                             f"has converged, which only async-kd decides)")
+        return self
+
+
 class LearnerConfig(_Config):
     """Everything one arrival needs besides data and the encoder."""
 
@@ -140,6 +183,8 @@ class LearnerConfig(_Config):
                                                           "fusion's name, so A_1..A_t and Ψ_2..Ψ_t do not all start "
                                                           "from the same random weights.")
     device: Device = Field("auto", description="auto (CUDA when present, with bf16/fp16 autocast), cpu or cuda.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="Retraining on fresh data of several "
+                                                                              "marketplaces at once.")
 
 
 class GateConfig(_Config):

@@ -27,10 +27,11 @@ from adapters import AutoAdapterModel, Fuse, SeqBnConfig, Stack
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
-from models.device import autocast, resolve_device
+from models.device import resolve_device
 from models.folders import write_folder
 from models.fusion_attention import fusion_modules
-from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
+from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, mean_pool
+from models.training import predict_proba
 
 if TYPE_CHECKING:
     from models.encoders import EncoderRef
@@ -235,7 +236,6 @@ class RelevanceModel:
                                         cls_output=mean_pool(base.last_hidden_state, batch.attention_mask))
         return out.logits if hasattr(out, "logits") else out[0]
 
-    @torch.no_grad()
     def predict_proba(
         self,
         pairs: Pairs,
@@ -246,18 +246,8 @@ class RelevanceModel:
     ) -> np.ndarray:
         """P(relevant) for each pair, in input order; ``setup`` as in :meth:`activate`."""
         head = self.activate(setup)
-        was_training = self.net.training
-        self.net.eval()
-        encoded = self.encode(pairs)
-        out = np.empty(len(encoded), dtype=np.float32)
-        try:
-            for batch in batches(encoded, batch_size, self.tokenizer.pad_token_id, shuffle=False):
-                with autocast(self.device, precision):
-                    logits = self.logits(batch.to(self.device), head)
-                out[batch.index.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
-        finally:
-            self.net.train(was_training)
-        return out
+        return predict_proba(self.net, lambda batch: self.logits(batch, head), self.encode(pairs),
+                             self.tokenizer.pad_token_id, batch_size, precision)
 
     # -------------------------------------------------------------- save/load
     def manifest(self) -> dict:

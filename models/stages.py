@@ -272,3 +272,47 @@ def _train_fusion(
     )
     model.set_trainable([])
     return result
+
+
+def retrain_jointly(
+    model: RelevanceModel,
+    train: Mapping[str, Pairs],
+    valid: Mapping[str, Pairs],
+    learner: LearnerConfig,
+    *,
+    report: Mapping[str, Pairs] | None = None,
+) -> StageReport:
+    """Retraining on fresh data of several marketplaces at once by a joint method (``learner.retrain.method``):
+    the champion's own fusion and head (or its adapters) keep training, each marketplace with its own loss, and the
+    last checkpoint is the result (``models.joint_training``). ``report``: sets scored at every evaluation for the
+    benchmark's curves, never used to choose."""
+    from models.joint_training import train_jointly
+
+    retrain, cfg = learner.retrain, learner.fusion
+    if retrain.method == "redistill":
+        raise ValueError("retrain.method='redistill' is redistill_fusion, not a joint method")
+    fusion = model.fusion
+    if fusion is None:
+        raise ValueError("a joint retraining trains the champion's fusion: a single marketplace is retrained by "
+                         "replacing its adapter")
+    unknown = sorted(set(train) - set(model.adapter_names))
+    if unknown:
+        raise ValueError(f"fresh data for {unknown}, which the champion has no adapter for")
+    seed_everything(learner.seed)
+    if retrain.trains == "fusion":
+        params = model.parameters_of(fusion=fusion, heads=[fusion])
+    else:
+        params = model.parameters_of(adapters_=model.adapter_names)
+    model.set_trainable(params)
+    head = model.activate(fusion)
+    regularizer = model.net.get_fusion_regularization_loss if (
+        learner.distill.regularization and retrain.trains == "fusion") else None
+    result = train_jointly(
+        model.net, params, lambda batch: model.logits(batch, head),
+        {m: model.encode(p) for m, p in train.items()}, {m: model.encode(p) for m, p in valid.items()},
+        cfg, retrain, pad=model.tokenizer.pad_token_id, seed=learner.seed, desc=f"{retrain.method}[{fusion}]",
+        regularizer=regularizer, report={m: model.encode(p) for m, p in (report or {}).items()})
+    model.set_trainable([])
+    model.activate(None)
+    details = {"retrain": retrain.model_dump(), "joint": {k: v for k, v in result.as_dict().items() if k != "fit"}}
+    return StageReport("joint-retrain", fusion, result.fit, model.total_parameters(), details)

@@ -25,11 +25,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from models.config import TrainConfig
 from models.device import autocast, autocast_dtype
-from models.pairs import Batch
+from models.pairs import Batch, EncodedPairs, batches
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
+LogitsFn = Callable[[Batch], torch.Tensor]
 
 
 @dataclass
@@ -114,6 +115,8 @@ def fit(
     before_step: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    bind_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+    restore_best: bool = True,
 ) -> FitResult:
     """Train ``params`` (everything else must already be frozen) and keep the best epoch.
 
@@ -128,6 +131,10 @@ def fit(
 
     ``stop`` is asked after each epoch's evaluation (and checkpoint): True ends training there, for a stage with a
     convergence rule of its own besides patience (the serving student stops once every margin is below ε).
+
+    ``bind_optimizer`` receives the optimizer once it exists, for a stage that rewinds it together with the
+    parameters inside ``evaluate`` (asynchronous convergence); ``restore_best=False`` keeps the last epoch's weights
+    instead of the best epoch's, for a stage that chooses its checkpoints itself.
     """
     device = next(module.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -135,6 +142,8 @@ def fit(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, cfg.precision) == torch.float16)
+    if bind_optimizer is not None:
+        bind_optimizer(optimizer)
     trainable = sum(p.numel() for p in params)
     best_metric, best_epoch, best_state = -math.inf, -1, _snapshot(params)
     history: list[dict] = []
@@ -214,8 +223,9 @@ def fit(
         if stop is not None and stop():
             stopped_early = True
             break
-    _restore(params, best_state)
-    if stopped_early:
+    if restore_best:
+        _restore(params, best_state)
+    if stopped_early and restore_best:
         log.info("%s: stopped early after epoch %d; restored epoch %d", desc, len(history), best_epoch + 1)
     return FitResult(
         best_metric=best_metric,
@@ -228,3 +238,21 @@ def fit(
         examples_per_second=seen / max(train_seconds, 1e-9),
         history=history,
     )
+
+
+def predict_proba(module: torch.nn.Module, logits_fn: LogitsFn, data: EncodedPairs, pad: int, batch_size: int,
+                  precision: str) -> np.ndarray:
+    """P(relevant) for every row of ``data``, in row order, with dropout off (length-sorted batches: little padding)."""
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    out = np.empty(len(data), dtype=np.float32)
+    try:
+        with torch.no_grad():
+            for batch in batches(data, batch_size, pad, shuffle=False):
+                with autocast(device, precision):
+                    logits = logits_fn(batch.to(device))
+                out[batch.index.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+    finally:
+        module.train(was_training)
+    return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import mlflow
 import pandas as pd
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
@@ -187,6 +188,36 @@ def redistill_task(key: str, teacher_dir: str, encoder: EncoderRef, train: pd.Da
                    cfg: LearnerConfig, work_dir: Path, parent_run_id: str | None = None) -> StageOutput:
     return _in_step("re-distill-fusion", steps.redistill_step, parent_run_id, _log_stage,
                     teacher_dir, encoder, train, valid, cfg, work_dir)
+
+
+def _log_joint(output: StageOutput) -> None:
+    """What a reviewer compares a joint retraining by: per marketplace its best and final validation ROC-AUC, the
+    step of its best, the step its loss switched to distillation, and the curves with the switch points marked."""
+    joint = output.report["details"]["joint"]
+    mlflow.log_params({"retrain_method": joint["method"], "stopped": joint["stopped"], "steps": joint["steps"],
+                       **{f"switch_step.{m}": s for m, s in joint["switch_step"].items() if s is not None}})
+    mlflow.log_metrics({**{f"best_valid_auc.{m}": v for m, v in joint["best"].items()},
+                        **{f"final_valid_auc.{m}": v for m, v in joint["final"].items()},
+                        **{f"best_step.{m}": v for m, v in joint["best_step"].items()}})
+    for mid, curve in joint["curves"].items():
+        for step, value in curve:
+            mlflow.log_metric(f"valid_auc_curve.{mid}", value, step=int(step))
+    mlflow.log_figure(reporting.joint_curves_figure(joint["curves"], joint["switch_step"], joint["method"]),
+                      "joint_validation_curves.png")
+    mlflow.log_table(pd.DataFrame(reporting.joint_rows(joint)), "joint_retrain.json")
+    mlflow.log_dict(output.report, "stage_report.json")
+
+
+@task(name="joint-retrain", cache_key_fn=keyed_cache, persist_result=True)
+def joint_retrain_task(key: str, teacher_dir: str, encoder: EncoderRef, train: dict[str, pd.DataFrame],
+                       valid: dict[str, pd.DataFrame], cfg: LearnerConfig, work_dir: Path,
+                       parent_run_id: str | None = None) -> StageOutput:
+    output = _in_step("joint-retrain", steps.joint_retrain_step, parent_run_id, _log_joint,
+                      teacher_dir, encoder, train, valid, cfg, work_dir)
+    create_table_artifact(table=reporting.joint_rows(output.report["details"]["joint"]), key="joint-retrain",
+                          description=f"{cfg.retrain.method}: each marketplace's best and final validation ROC-AUC, "
+                                      "the step of its best and the step its loss switched to distillation")
+    return output
 
 
 @task(name="evaluate", cache_key_fn=keyed_cache, persist_result=True)

@@ -191,3 +191,35 @@ def margin_figure(epochs: Sequence[Mapping[str, Any]], epsilon: float, kept_epoc
     ax.set_title("student margins per marketplace (validation)")
     fig.tight_layout()
     return fig
+
+
+def joint_rows(joint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per marketplace of a joint retraining: best and final validation ROC-AUC, best and switch steps."""
+    return [{"marketplace": mid, "best_valid_auc": round(best, 6), "best_step": joint["best_step"][mid],
+             "switch_step": joint["switch_step"][mid],
+             "final_valid_auc": round(joint["final"][mid], 6) if mid in joint["final"] else None}
+            for mid, best in joint["best"].items()]
+
+
+def joint_curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], switch_steps: Mapping[str, int | None],
+                        method: str) -> Figure:
+    """Validation ROC-AUC per marketplace over the steps of a joint retraining; a cross where a marketplace's loss
+    switched to distillation (after the rewind to its best checkpoint, which the curve drops back to)."""
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
+    for mid, curve in curves.items():
+        if not curve:
+            continue
+        steps, values = zip(*curve, strict=True)
+        line, = ax.plot(steps, values, label=mid)
+        switch = switch_steps.get(mid)
+        if switch is not None:
+            at = [v for s, v in curve if s == switch][-1]
+            ax.scatter([switch], [at], marker="x", s=60, color=line.get_color(), zorder=3)
+            ax.axvline(switch, color=line.get_color(), linestyle=":", linewidth=0.8)
+    ax.set_xlabel("step (x: loss switched to distillation from the best checkpoint)")
+    ax.set_ylabel("validation ROC-AUC")
+    ax.legend(fontsize="small")
+    ax.set_title(f"joint retraining ({method}): validation per marketplace")
+    fig.tight_layout()
+    return fig

@@ -147,6 +147,24 @@ def redistill_step(
         redistill_fusion(model, to_pairs(train), to_pairs(valid), cfg, checkpoint=checkpoint)))
 
 
+def joint_retrain_step(
+    teacher_dir: str,
+    encoder: EncoderRef,
+    train: Mapping[str, pd.DataFrame],
+    valid: Mapping[str, pd.DataFrame],
+    cfg: LearnerConfig,
+    work_dir: Path,
+) -> StageOutput:
+    """Retraining by a joint method (async-kd, uniform, dwa, gradnorm): the champion's fusion and head keep training
+    on every fresh marketplace at once, each with its own loss. Its rewinds need the in-memory checkpoints of the run,
+    so a crashed joint retraining starts again from the champion rather than from an epoch checkpoint."""
+    from models.stages import retrain_jointly
+
+    return _stage_in_folder(teacher_dir, encoder, cfg, work_dir, "joint", lambda model, _checkpoint: (
+        retrain_jointly(model, {m: to_pairs(t) for m, t in train.items()}, {m: to_pairs(t) for m, t in valid.items()},
+                        cfg)))
+
+
 def evaluate_step(
     model_dir: str,
     encoder: EncoderRef,

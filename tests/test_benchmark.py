@@ -430,3 +430,54 @@ def test_esci_layout_loads_as_capped_marketplaces(tmp_path):
     assert [(m.id, m.language) for m in data.marketplaces.values()] == [("us", "en"), ("es", "es")]
     for m in data.marketplaces.values():
         assert len(m.train) == 40 and len(m.test) == 20 and set(m.train["label"]) == {0, 1}
+
+
+def test_cli_retraining_comparison_runs_the_joint_methods_from_one_champion(cli_env, demo_root, tiny_encoder):
+    from tasks.benchmark.retraining import RESULTS, fresh_and_old, retraining_table
+
+    out = cli_env / "retraining"
+    sets = ["seeds=1", "max_train_pairs=40", "max_eval_pairs=40", "max_length=16", "adapter.batch_size=16",
+            "adapter.epochs=1", "fusion.batch_size=16", "fusion.epochs=1", "device=cpu", "retrain.eval_every=2",
+            "retrain.patience=1", "retrain.max_steps=8"]
+    args = ["--data", str(demo_root), "--order", "en,es", "--retraining", "60,30", "--methods", "uniform,async-kd",
+            *(x for s in sets for x in ("--set", s)), "--encoder", str(tiny_encoder.path), "--out", str(out)]
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()]
+    assert [r["method"] for r in records] == ["uniform", "async-kd"]
+    assert len({r["key"].split("-")[0] for r in records}) == 1 and len(list(out.glob("champion-*"))) == 1
+    assert all(r["sizes"] == {"en": 60, "es": 30} and r["steps"] <= 8 for r in records)
+    (kd,) = [r for r in records if r["method"] == "async-kd"]
+    assert kd["switch_step"]["en"] is not None or kd["stopped"] == "step budget"
+    text = (out / "retraining.md").read_text()
+    assert "| uniform (best checkpoint per marketplace) |" in text and "retraining-async-kd.png" in text
+    assert (out / "retraining-async-kd.png").is_file() and "MLflow run" in result.output
+    table = retraining_table(records)
+    assert table.loc["uniform", "average"] == "+0.0000" and table.loc["async-kd", "steps"] == str(kd["steps"])
+    again = _cli(*args, "--no-mlflow")  # every run is on record: nothing trains again
+    assert again.exit_code == 0 and len((out / RESULTS).read_text().splitlines()) == 2
+    # fresh rows and the champion's old rows never overlap
+    train = pd.read_parquet(demo_root / "en" / "train.parquet")
+    fresh, old = fresh_and_old(train, 60, 40, 13)
+    assert not set(zip(fresh["query"], fresh["product_title"])) & set(zip(old["query"], old["product_title"]))
+    bad = _cli("--data", str(demo_root), "--order", "en,es", "--retraining", "60", "--out", str(out))
+    assert bad.exit_code == 2 and "one whole number of fresh rows per marketplace" in bad.output
+
+
+def test_retraining_table_is_the_change_over_uniform_final_per_seed():
+    from tasks.benchmark.retraining import ORACLE, retraining_table
+
+    def rec(method, seed, test, oracle=None, steps=100):
+        return {"method": method, "seed": seed, "test": test, "oracle_test": oracle, "steps": steps,
+                "best_valid": {"a": 0.9, "b": 0.8}, "final_valid": {"a": 0.89, "b": 0.8}}
+
+    records = [rec("uniform", 1, {"a": 0.80, "b": 0.70}, {"a": 0.82, "b": 0.70}),
+               rec("uniform", 2, {"a": 0.90, "b": 0.60}, {"a": 0.90, "b": 0.62}),
+               rec("async-kd", 1, {"a": 0.81, "b": 0.72}, steps=80), rec("async-kd", 2, {"a": 0.93, "b": 0.60}, steps=60)]
+    table = retraining_table(records)
+    assert table.loc["async-kd", "a"] == "+0.0200 ± 0.0100"  # +0.01 and +0.03
+    assert table.loc["async-kd", "b"] == "+0.0100 ± 0.0100"
+    assert table.loc["async-kd", "average"] == "+0.0150 ± 0.0000"
+    assert table.loc["async-kd", "steps"] == "70"
+    assert table.loc[ORACLE, "a"] == "+0.0100 ± 0.0100"
+    assert table.loc["async-kd", "final below best valid (max)"] == "0.0100 ± 0.0000"

@@ -435,7 +435,7 @@ def test_scheduled_retraining_replaces_the_latest_marketplace_from_fresh_data(mc
     assert [v.version for v in registry_versions()] == ["1", "2"]
 
 
-def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, tiny_encoder, monkeypatch):
+def test_scheduled_retraining_redistils_the_fusion_then_retrains_it_by_async_kd(mcl, tiny_encoder, monkeypatch):
     from flows.retrain import scheduled_retraining
     from models.relevance import RelevanceModel
     from tasks import registry
@@ -483,6 +483,34 @@ def test_scheduled_retraining_redistils_the_fusion_over_the_same_adapters(mcl, t
     new = RelevanceModel.load(registry.model_folder(after, mcl / "dl"), ref).net.state_dict()
     assert all(torch.equal(old[k], new[k]) for k in old if ".adapters." in k)  # adapters untouched
     assert any(not torch.equal(old[k], new[k]) for k in old if "adapter_fusion_layer.en,es." in k)
+
+    # the next week's refresh lands for both marketplaces; async-kd trains the champion's fusion on both at once
+    for lang in ("en", "es"):
+        (mcl / "fresh" / lang).mkdir(exist_ok=True)
+        for split, path in write_marketplace(mcl / "third-batch", lang, n=40).items():
+            Path(path).replace(mcl / "fresh" / lang / f"{split}.parquet")
+        (mcl / "fresh" / lang / "_READY").write_text(json.dumps({"language": lang}))
+    joint = {**LEARNER, "retrain": {"method": "async-kd", "eval_every": 2, "patience": 1, "max_steps": 12}}
+    result = scheduled_retraining(str(mcl / "fresh"), learner=joint, gate={"max_regression": 1.0})
+    latest = registry.alias_version(c, registry.CHAMPION)
+    assert result["version"] == latest.version == "4" and sorted(result["retrained_on"]) == ["en", "es"]
+    assert latest.tags["kind"] == "retrain" and latest.parent == "3"
+    assert all(line.split(": ")[1].startswith("validation ROC-AUC") for line in result["checks"]), result["checks"]
+    assert c.get_run(result["run_id"]).data.params["retrain_method"] == "async-kd"
+    (step,) = c.search_runs([c.get_experiment_by_name(registry.EXPERIMENT).experiment_id],
+                            filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}' "
+                                          "and tags.mlflow.runName = 'joint-retrain'")
+    assert {"best_valid_auc.en", "best_valid_auc.es", "final_valid_auc.en", "best_step.es"} <= set(step.data.metrics)
+    assert step.data.params["retrain_method"] == "async-kd"
+    artifacts = {a.path for a in c.list_artifacts(step.info.run_id)}
+    assert {"joint_validation_curves.png", "joint_retrain.json", "stage_report.json"} <= artifacts
+    report = json.loads(Path(c.download_artifacts(step.info.run_id, "stage_report.json", str(mcl / "dl4"))).read_text())
+    joint_report = report["details"]["joint"]
+    for rewind in joint_report["rewinds"]:  # patience 1: a switch one evaluation without improvement after the best
+        assert rewind["evaluations_without_improvement"] == 1 and (rewind["step"] - rewind["to_step"]) % 2 == 0
+    assert joint_report["stopped"] == "converged" or joint_report["steps"] == 12
+    newest = RelevanceModel.load(registry.model_folder(latest, mcl / "dl"), ref).net.state_dict()
+    assert all(torch.equal(new[k], newest[k]) for k in new if ".adapters." in k)  # adapters untouched again
 
 
 def test_two_arrivals_at_once_are_serialised_and_the_registry_never_forks(mcl, tiny_encoder):

@@ -197,12 +197,10 @@ def test_every_deployment_parameter_has_a_description(deployments):
                     "flows/student.py:distill_student"}
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+@pytest.fixture()
+def prefect_api(prefect_server):
+    """The session's temporary Prefect server (conftest): starting a second one costs half a minute."""
+    yield
 
 
 def test_storage_credentials_come_from_a_secret_block(prefect_api, monkeypatch):

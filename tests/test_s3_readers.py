@@ -97,11 +97,18 @@ def test_marketplace_folders_and_roots_on_s3(s3) -> None:
         load_marketplace_dir(f"s3://{BUCKET}/elsewhere", s3_endpoint_url=endpoint)
 
 
-def test_transient_s3_errors_are_retried_then_reported(s3) -> None:
+def test_transient_s3_errors_are_retried_then_reported(s3, monkeypatch) -> None:
     """503 SlowDown twice (injected at the HTTP layer): the read succeeds on the third attempt; an error that never
-    clears is one DataValidationError after S3_MAX_ATTEMPTS attempts."""
+    clears is one DataValidationError after S3_MAX_ATTEMPTS attempts. botocore's back-off waits are recorded, not
+    slept (they add up to tens of seconds)."""
+    import types
+
     import boto3
+    import botocore.endpoint
     from botocore.awsrequest import AWSResponse
+
+    waits: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=waits.append))
 
     from tasks.data import readers
 
@@ -125,6 +132,7 @@ def test_transient_s3_errors_are_retried_then_reported(s3) -> None:
         with pytest.raises(DataValidationError, match="S3 error SlowDown"):
             read_table(f"s3://{BUCKET}/root/de/train.parquet", s3_endpoint_url=endpoint)
         assert len(attempts) == readers.S3_MAX_ATTEMPTS
+        assert len(waits) == 2 + readers.S3_MAX_ATTEMPTS - 1 and all(w >= 0 for w in waits)  # a wait per retry
     finally:
         boto3.DEFAULT_SESSION.events.unregister("before-send.s3.GetObject", slow_down)
 

@@ -28,6 +28,7 @@ def benchmark(
     config: ConfigOption = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set seeds=3 --set max_train_pairs=0 --set fractions=[0,0.3] --set fusion.epochs=5 (a learner setting) --set baselines.full.learning_rate=2e-5; repeatable.")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the report to MLflow (tracking URI from settings).")] = True,
+    retraining: Annotated[Optional[str], typer.Option(help="Run the retraining comparison instead (issue 14): fresh training rows per marketplace of --order, comma separated, e.g. 1200,400,200; --methods then names retraining methods (uniform, dwa, gradnorm, async-kd: all by default) and learner.retrain.* sets E, patience and the step budget.")] = None,
     verbose: bool = False,
 ) -> None:
     """Run the continual-learning benchmark and write a report.
@@ -61,6 +62,9 @@ def benchmark(
     if (data is None) == (esci_examples is None):
         raise typer.BadParameter("give either --data (a data root) or --esci-examples (the ESCI layout)")
     settings = get_settings()
+    if retraining is not None:
+        _retraining(order, retraining, methods, data, out, preset, quick, config, sets, encoder, settings, mlflow)
+        return
     try:
         cfg = benchmark_config(_ids(order), _ids(methods or ""), preset=preset or ("quick" if quick else BENCHMARK_PRESET),
                                file=config, overrides=sets or (),
@@ -91,6 +95,53 @@ def benchmark(
     if mlflow:
         run_id = log_report_to_mlflow(out, run.records, cfg, summary, tracking_uri=settings.resolved_tracking_uri,
                                       artifact_location=settings.resolved_artifact_location)
+        console.print(f"MLflow run {run_id} at {settings.resolved_tracking_uri}")
+
+
+def _retraining(order: str, sizes_text: str, methods: str | None, data: Path | None, out: Path, preset: str | None,
+                quick: bool, config: Path | None, sets: list[str] | None, encoder: str | None, settings,
+                log_to_mlflow: bool) -> None:
+    """The retraining comparison: a champion per seed, then every joint method on the same fresh rows."""
+    from tasks.benchmark import BenchmarkData, benchmark_config
+    from tasks.benchmark.retraining import (
+        RETRAIN_METHODS,
+        check_retrain_methods,
+        log_retraining_to_mlflow,
+        retraining_table,
+        run_retraining,
+        write_retraining_report,
+    )
+    from tasks.config import BENCHMARK_PRESET, ConfigError
+    from tasks.data import DataValidationError
+    from tasks.learner import resolve_settings_encoder
+
+    ids, chosen = _ids(order), _ids(methods or "") or list(RETRAIN_METHODS)
+    try:
+        sizes = dict(zip(ids, (int(n) for n in _ids(sizes_text)), strict=True))
+    except ValueError:
+        raise typer.BadParameter(f"give one whole number of fresh rows per marketplace of --order {order!r}, got "
+                                 f"{sizes_text!r}", param_hint="--retraining") from None
+    if data is None:
+        raise typer.BadParameter("the retraining comparison reads a data root: give --data", param_hint="--data")
+    try:
+        check_retrain_methods(chosen)
+        cfg = benchmark_config(ids, (), preset=preset or ("quick" if quick else BENCHMARK_PRESET), file=config,
+                               overrides=sets or (), encoder=encoder or settings.encoder)
+    except (ValueError, ConfigError) as err:
+        raise typer.BadParameter(str(err), param_hint="--methods/--set") from None
+    try:
+        bench_data = BenchmarkData.load(data, cfg.model_copy(update={"max_train_pairs": 0}),
+                                        s3_endpoint_url=settings.s3_endpoint_url)
+        ref = resolve_settings_encoder(settings, encoder)
+    except (DataValidationError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    records = run_retraining(cfg, bench_data, sizes, chosen, out, encoder=ref)
+    console.print(retraining_table(records).to_string())
+    console.print(f"report written to {write_retraining_report(out, records, cfg, sizes)}")
+    if log_to_mlflow:
+        run_id = log_retraining_to_mlflow(out, records, cfg, tracking_uri=settings.resolved_tracking_uri,
+                                          artifact_location=settings.resolved_artifact_location)
         console.print(f"MLflow run {run_id} at {settings.resolved_tracking_uri}")
 
 

@@ -24,15 +24,20 @@ def retrain(
     config: ConfigOption = None,
     sets: SetOption = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder (default from settings); must match the champion's.")] = None,
+    method: Annotated[str | None, typer.Option(help="Retraining method: redistill, async-kd, uniform, dwa or gradnorm "
+                                                    "(the same as --set retrain.method=...).")] = None,
     verbose: bool = False,
 ) -> None:
-    """Run the scheduled retraining now: a fresh fusion over the champion's adapters on fresh data, through the gate.
+    """Run the scheduled retraining now on fresh data, through the gate: by default a fresh fusion over the champion's
+    adapters distilling its attention; --method async-kd trains the champion's fusion on every fresh marketplace at
+    once, each converging on its own schedule.
 
     Learner settings come from --preset, --config and --set (`mcl config show --entry retrain` lists them).
     Exits 0 when a version was registered as champion or there was nothing new to retrain on (the log says
     why), 1 when the gate refused the retrained version or the input was bad."""
     configure_logging(verbose)
-    learner, gate = run_configs("retrain", preset, config, sets)
+    overrides = [*(sets or []), *([f"retrain.method={method}"] if method else [])]
+    learner, gate = run_configs("retrain", preset, config, overrides)
     patient_local_prefect()
     outcome = run_retraining({"data_root": data_root, "learner": learner, "gate": gate, "encoder": encoder})
     if outcome is False:
