@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.benchmark import BenchmarkData, benchmark_config, retraining  # noqa: E402
+from tasks.config import BENCHMARK_PRESET  # noqa: E402
 from tasks.learner import resolve_settings_encoder  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     order = args.order.split(",")
     sizes = dict(zip(order, (int(n) for n in args.sizes.split(",")), strict=True))
     settings = get_settings()
-    cfg = benchmark_config(order, (), preset=args.preset or "cpu", overrides=args.sets, encoder=settings.encoder)
+    cfg = benchmark_config(order, (), preset=args.preset or BENCHMARK_PRESET, overrides=args.sets,
+                           encoder=settings.encoder)
     data = BenchmarkData.load(args.data, cfg.model_copy(update={"max_train_pairs": 0}))
     records = retraining.run_retraining(cfg, data, sizes, args.methods.split(","), args.out,
                              encoder=resolve_settings_encoder(settings, None))

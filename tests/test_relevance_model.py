@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from models.config import LearnerConfig
@@ -216,3 +217,24 @@ def test_mean_pooling_and_prefixes_belong_to_the_saved_model(tiny_encoder, marke
     del manifest["text_format"]  # a model saved before the text format existed: raw texts read at [CLS]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert RelevanceModel.load(folder, tiny_encoder).text == TextFormat.raw(24)
+
+
+@pytest.mark.parametrize("trains", ["fusion", "adapters"])
+def test_a_joint_retraining_trains_only_the_parts_it_names(trained_pair, trains):
+    from models.stages import retrain_jointly
+
+    model, mks = trained_pair
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    learner = LearnerConfig.model_validate({**FAST.model_dump(), "retrain": {
+        "method": "uniform", "trains": trains, "eval_every": 2, "patience": 3, "max_steps": 6}})
+    report = retrain_jointly(model, {m.spec.id: m.train for m in mks[:2]}, {m.spec.id: m.valid for m in mks[:2]},
+                             learner)
+    after = model.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    adapters = {k for k in changed if ".adapters." in k}
+    fusion = {k for k in changed if "adapter_fusion_layer." in k or k.startswith("heads.en,es.")}
+    assert changed == adapters | fusion and changed
+    assert (bool(adapters), bool(fusion)) == ((False, True) if trains == "fusion" else (True, False))
+    joint = report.details["joint"]
+    assert report.stage == "joint-retrain" and joint["method"] == "uniform" and joint["steps"] <= 6
+    assert set(joint["best"]) == {"en", "es"} and model.fusion == "en,es"
