@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from models.config import LearnerConfig
 from models.methods.adapter_fusion import learn_marketplace
