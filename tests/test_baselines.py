@@ -24,9 +24,12 @@ LEARNER = LearnerConfig(adapter=FAST, fusion=FAST, max_length=24, device="cpu")
 BASELINES = BaselinesConfig(full=FAST, replay_per_marketplace=16, ewc_fisher_examples=32)
 
 
-def _run(name, encoder, marketplaces, translated_for=None, seed=13, **kwargs):
-    """``run_method`` as the benchmark calls it: the method's preset on the learner, the run's seed."""
+def _run(name, encoder, marketplaces, translated_for=None, seed=13, one_epoch=False, **kwargs):
+    """``run_method`` as the benchmark calls it: the method's preset on the learner, the run's seed (``one_epoch``:
+    the stages' epochs back to one, for a test of shapes rather than of a preset's training length)."""
     learner = method_learner(LEARNER, name).model_copy(update={"seed": seed})
+    if one_epoch:
+        learner = learner.model_copy(update={"adapter": FAST, "fusion": FAST})
     return run_method(name, encoder, marketplaces, learner, BASELINES, translated_for, **kwargs)
 
 
@@ -41,8 +44,8 @@ def _translated_for(calls):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_fills_a_lower_triangular_matrix(name, tiny_encoder, marketplaces):
     calls, rows = [], []
-    result = _run(name, tiny_encoder, marketplaces, _translated_for(calls), seed=5,
-                        on_arrival=lambda t, scores: rows.append((t, sorted(scores))))
+    result = _run(name, tiny_encoder, marketplaces, _translated_for(calls), seed=5, one_epoch=True,
+                  on_arrival=lambda t, scores: rows.append((t, sorted(scores))))
     r = result.metrics.matrix
     assert r.shape == (3, 3)
     assert np.isfinite(r[np.tril_indices(3)]).all() and np.isnan(r[np.triu_indices(3, k=1)]).all()
