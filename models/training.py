@@ -201,7 +201,9 @@ def fit(
         metric = float(evaluate())
         improved = metric > best_metric
         if improved:
-            best_metric, best_epoch, best_state = metric, epoch, _snapshot(params)
+            best_metric, best_epoch = metric, epoch
+            if restore_best:  # a stage that keeps its last weights needs no copy of the best ones
+                best_state = _snapshot(params)
         record = {
             "epoch": epoch + 1,
             **{k: v / max(n_batches, 1) for k, v in sums.items()},
