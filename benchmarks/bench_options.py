@@ -12,6 +12,7 @@ Each variant reports validation ROC-AUC too, which is what a default is chosen o
 "No forgetting" is read off the matrix: R[T][k] against R[k][k], the score right after k was learned.
 
     python benchmarks/bench_options.py --variants default,renorm,warm --pairs 400 --out bench-options.json
+    python benchmarks/bench_options.py --method adapter-only --variants default,e5-input   # the adapters alone
     python benchmarks/bench_options.py --merge seed13.json,seed14.json --out table.md   # mean ± std over seeds
 """
 
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import LearnerConfig  # noqa: E402
-from models.methods import run_method  # noqa: E402
+from models.methods import METHODS, run_method  # noqa: E402
 from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config  # noqa: E402
 from tasks.config import BENCHMARK_PRESET, build, parse_overrides, read_preset  # noqa: E402
 from tasks.data import generate_demo  # noqa: E402
@@ -53,11 +54,15 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "reduction-8": (None, ["reduction_factor=8"]),
     "reduction-4": (None, ["reduction_factor=4"]),
     "adapter-lr-3e-4": (None, ["adapter.learning_rate=3e-4"]),
+    "adapter-lr-3e-3": (None, ["adapter.learning_rate=3e-3"]),
+    "adapter-epochs-8": (None, ["adapter.epochs=8"]),
     "fusion-lr-3e-4": (None, ["fusion.learning_rate=3e-4"]),
+    "fusion-lr-1e-3": (None, ["fusion.learning_rate=1e-3"]),
     "fusion-epochs-4": (None, ["fusion.epochs=4"]),
     "stop-on-kept": (None, ["early_stopping=kept"]),
     "mean-pool": (None, ["pooling=mean"]),
     "e5-input": ("e5-input", []),
+    "e5-input-adapter-lr-3e-3": ("e5-input", ["adapter.learning_rate=3e-3"]),
     "no-ad": ("fusion-no-distill", []),
     "no-translation": ("ad-no-translation", []),
     "paper": ("paper", []),
@@ -68,6 +73,7 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
 class Args:
     data: str = ""  # a data root; empty: generate the demo data
     order: str = "en,es,fr"
+    method: str = "ad"  # the method every variant runs (adapter-only measures the stage-2 knobs without fusion)
     variants: str = "default,renorm,warm"
     preset: str = ""  # the learner preset every variant starts from; empty: the benchmark's (benchmark/cpu)
     set: str = ""  # extra overrides for every variant, comma separated (fusion.epochs=3,max_length=32)
@@ -98,11 +104,11 @@ def main(args: Args) -> dict:
     results = {}
     for name in args.variants.split(","):
         learner = _learner(args, name)
-        fraction = learner.translation.fraction
+        fraction = learner.translation.fraction if METHODS[args.method].uses_translation else 0
         translated_for, translate_seconds, rows = translations.for_run(
-            RunSpec("ad", learner.seed, tuple(ids), fraction if fraction > 0 else None))
+            RunSpec(args.method, learner.seed, tuple(ids), fraction if fraction > 0 else None))
         t0 = time.perf_counter()
-        result = run_method("ad", encoder, data.splits(ids), learner, translated_for=translated_for)
+        result = run_method(args.method, encoder, data.splits(ids), learner, cfg.baselines, translated_for=translated_for)
         r = np.asarray(result.metrics.matrix)
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
         m = result.metrics
@@ -141,13 +147,16 @@ def merge(files: list[str]) -> str:
         run = json.loads(Path(file).read_text())
         base = ",".join(s for s in run["args"]["set"].split(",") if s and not s.startswith("seed="))
         data = Path(run["args"]["data"]).name or "demo (generated)"
+        method = run["args"].get("method", "ad")
         for name, result in run["variants"].items():
-            groups.setdefault((data, base or "-", name), []).append(result)
+            label = name if method == "ad" else f"{method}: {name}"
+            groups.setdefault((data, base or "-", label), []).append(result)
     lines = ["| data | base settings | variant | seeds | average (validation) | average (test) | BWT "
              "| worst old marketplace vs just learned | own-adapter attention (lowest arrival) | time s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (data, base, name), results in sorted(groups.items()):
-        own = [min(a for a in r["own_attention"] if a is not None) for r in results if r.get("own_attention")]
+        own = [min(a for a in r["own_attention"] if a is not None) for r in results
+               if any(a is not None for a in r.get("own_attention") or [])]
         lines.append(f"| {data} | `{base}` | {name} | {len(results)} "
                      f"| {_mean_std([r['valid_average'] for r in results])} "
                      f"| {_mean_std([r['average'] for r in results])} | {_mean_std([r['bwt'] for r in results])} "

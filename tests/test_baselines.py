@@ -140,7 +140,7 @@ def test_ewc_rows_follow_a_growing_vocabulary():
 
 def test_lwf_loss_is_zero_when_the_model_has_not_moved(tiny_encoder, marketplaces):
     torch.manual_seed(0)
-    model = FullModel(tiny_encoder, max_length=24, device="cpu")
+    model = FullModel(tiny_encoder, text=TextFormat.raw(24), device="cpu")
     model.cover(marketplaces[0].train)
     data = model.encode(marketplaces[0].train)
     previous = model.predict_logits(data)
@@ -205,12 +205,18 @@ def test_subsample_is_stratified_and_concat_keeps_order():
     assert list(both.queries[:3]) == list(pairs.queries[:3]) and len(both) == 13
 
 
-def test_vocabulary_pruning_keeps_logits_identical(tiny_encoder, marketplaces):
+E5_TEXT = TextFormat(24, "mean", "query: ", "passage: ")
+
+
+@pytest.mark.parametrize("text", [TextFormat.raw(24), E5_TEXT], ids=["cls", "e5-input"])
+def test_vocabulary_pruning_keeps_logits_identical(tiny_encoder, marketplaces, text):
+    """With e5's recipe the prefixes' tokens must be kept too: a prefix read as the unknown token would change
+    every logit."""
     en, es = marketplaces[:2]
     torch.manual_seed(0)
-    pruned = FullModel(tiny_encoder, max_length=24, device="cpu", prune_vocabulary=True)
+    pruned = FullModel(tiny_encoder, text=text, device="cpu", prune_vocabulary=True)
     torch.manual_seed(0)
-    full = FullModel(tiny_encoder, max_length=24, device="cpu", prune_vocabulary=False)
+    full = FullModel(tiny_encoder, text=text, device="cpu", prune_vocabulary=False)
     pruned.cover(en.train)
     pruned.cover(es.train)  # grows; the en rows keep their values
     assert pruned.vocabulary.num_embeddings < full.net.encoder.get_input_embeddings().num_embeddings
@@ -279,3 +285,20 @@ def test_probe_fits_a_separable_problem_and_scores_each_marketplace_with_its_own
     assert result.trainable_parameters == 4 * 32 + 1 and [r.stage for r in result.reports] == ["probe", "probe"]
     r = result.metrics.matrix
     assert r[1, 0] == r[0, 0], "a new marketplace's probe leaves the old one's alone"
+
+
+def test_full_fine_tuning_reads_the_learners_text_format(tiny_encoder, marketplaces):
+    """sm and the other full fine-tuning baselines get the learner's prefixes and pooling, so the comparison with
+    the adapters is on one input recipe."""
+    learner = LEARNER.model_copy(update={"pooling": "mean", "query_prefix": "query: ", "title_prefix": "passage: "})
+    model = METHODS["sm"](tiny_encoder, learner, BASELINES)._new_model()
+    assert model.text == TextFormat.of(learner) and model.net.pooling == "mean"
+    test = marketplaces[0].test
+    prefixed, raw = model.encode(test).input_ids[0], TextFormat.raw(24).encode(test, model.tokenizer).input_ids[0]
+    assert len(prefixed) > len(raw) and "passage" in model.tokenizer.decode(prefixed)
+    torch.manual_seed(0)
+    cls = FullModel(tiny_encoder, text=TextFormat.raw(24), device="cpu", prune_vocabulary=False)
+    torch.manual_seed(0)
+    mean = FullModel(tiny_encoder, text=TextFormat(24, "mean", "", ""), device="cpu", prune_vocabulary=False)
+    data = cls.encode(marketplaces[0].test)
+    assert not torch.allclose(cls.predict_logits(data), mean.predict_logits(data))

@@ -21,7 +21,7 @@ import torch
 from models.methods.full_model import ExtraLoss, FullModel
 from models.methods.protocol import ContinualMethod, MarketplaceSplits, concat_pairs, subsample_pairs
 from models.methods.regularizers import EWCPenalty, estimate_fisher, lwf_loss
-from models.pairs import EncodedPairs, Pairs
+from models.pairs import EncodedPairs, Pairs, TextFormat
 from models.stages import StageReport
 from models.training import FitResult
 
@@ -47,7 +47,7 @@ class _FullFineTuning(ContinualMethod):
         self.train_cfg = self.baselines.full
 
     def _new_model(self) -> FullModel:
-        return FullModel(self.encoder, max_length=self.learner.max_length, device=self.learner.device,
+        return FullModel(self.encoder, text=TextFormat.of(self.learner), device=self.learner.device,
                          prune_vocabulary=self.baselines.prune_vocabulary)
 
 

@@ -1,7 +1,9 @@
-"""Full fine-tuning, shared by sm, seq-ft, EWC, LwF and replay: the whole encoder + a linear head on [CLS].
+"""Full fine-tuning, shared by sm, seq-ft, EWC, LwF and replay: the whole encoder + a linear head.
 
-The head reads the [CLS] token's last hidden state, like the relevance model's heads, so full
-fine-tuning and the adapter methods see the same representation.
+The input and the head's read-out follow the learner's text format (``TextFormat``: prefixes, [CLS] or mean
+pooling), like the relevance model's heads, so full fine-tuning and the adapter methods are compared on the same
+input recipe: a baseline reading [CLS] without e5's prefixes against a learner reading the mean with them would
+measure the recipe, not the method.
 
 Vocabulary pruning (``prune_vocabulary=True``). Full fine-tuning of multilingual-e5-small on CPU is
 slow mostly because AdamW updates the 250k-row word embedding (96M of its 118M parameters), although a
@@ -37,7 +39,7 @@ from models.config import TrainConfig
 from models.device import autocast, resolve_device
 from models.losses import relevance_loss
 from models.metrics import roc_auc
-from models.pairs import Batch, EncodedPairs, Pairs, batches, encode_pairs
+from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
 from models.relevance import NUM_LABELS
 from models.training import FitResult, fit, seed_everything
 
@@ -109,11 +111,12 @@ class PrunedEmbedding(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """Encoder + dropout + a linear head on the [CLS] token's last hidden state."""
+    """Encoder + dropout + a linear head on the last layer's [CLS] token, or its mean over the pair's tokens."""
 
-    def __init__(self, encoder: PreTrainedModel, num_labels: int = NUM_LABELS) -> None:
+    def __init__(self, encoder: PreTrainedModel, num_labels: int = NUM_LABELS, pooling: str = "cls") -> None:
         super().__init__()
         self.encoder = encoder
+        self.pooling = pooling
         config = encoder.config
         self.dropout = nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1))
         self.head = nn.Linear(config.hidden_size, num_labels)
@@ -122,7 +125,8 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder(**batch.model_inputs()).last_hidden_state
-        return self.head(self.dropout(hidden[:, 0]))
+        pooled = hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
+        return self.head(self.dropout(pooled))
 
 
 def load_encoder(path: str) -> PreTrainedModel:
@@ -136,12 +140,12 @@ def load_encoder(path: str) -> PreTrainedModel:
 class FullModel:
     """One fully fine-tuned classifier with its tokenizer, optional pruned vocabulary and training step."""
 
-    def __init__(self, encoder: EncoderRef, *, max_length: int, device: str = "auto",
+    def __init__(self, encoder: EncoderRef, *, text: TextFormat, device: str = "auto",
                  prune_vocabulary: bool = True) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
-        self.max_length = max_length
+        self.text = text
         base = load_encoder(str(encoder.path))
-        self.net = EncoderClassifier(base)
+        self.net = EncoderClassifier(base, pooling=text.pooling)
         self.vocabulary: PrunedEmbedding | None = None
         self._pretrained_rows: torch.Tensor | None = None
         if prune_vocabulary:
@@ -175,7 +179,7 @@ class FullModel:
             raise RuntimeError("this model's vocabulary was frozen; it cannot cover new text")
         ids: set[int] = set(self.tokenizer.all_special_ids)
         for pairs in splits:
-            for row in encode_pairs(pairs, self.tokenizer, self.max_length).input_ids:
+            for row in self.encode(pairs).input_ids:
                 ids.update(row)
         moved = self.vocabulary.extend(ids, self._pretrained_rows)
         log.debug("vocabulary: %d of %d rows kept", self.vocabulary.num_embeddings, self._full_vocab)
@@ -203,7 +207,7 @@ class FullModel:
 
     # ------------------------------------------------------------- inference
     def encode(self, pairs: Pairs) -> EncodedPairs:
-        return encode_pairs(pairs, self.tokenizer, self.max_length)
+        return self.text.encode(pairs, self.tokenizer)
 
     @torch.no_grad()
     def predict_logits(self, data: EncodedPairs, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
