@@ -115,6 +115,11 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """The vector a plain linear head reads under a text format's ``pooling``: the first token or the mean."""
+    return hidden[:, 0] if pooling == "cls" else mean_pool(hidden, attention_mask)
+
+
 @dataclass(frozen=True)
 class Batch:
     """A padded batch plus where it came from (the loss is chosen by ``source``)."""

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from models.device import autocast, resolve_device
 from models.encoder_distill import evenly_spaced_layers, has_pooler, student_encoder
 from models.folders import write_folder
-from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
+from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, pool
 from models.relevance import NUM_LABELS, MarketplaceSpec, ModelFormatError
 
 MANIFEST = "student.json"
@@ -110,8 +110,7 @@ class StudentModel(nn.Module):
     # ---------------------------------------------------------------- forward
     def logits(self, batch: Batch, marketplace_id: str) -> torch.Tensor:
         hidden = self.encoder(**batch.model_inputs()).last_hidden_state
-        pooled = hidden[:, 0] if self.text.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
-        return self.heads[marketplace_id](pooled)
+        return self.heads[marketplace_id](pool(hidden, batch.attention_mask, self.text.pooling))
 
     @torch.no_grad()
     def predict_proba(self, marketplace_id: str, pairs: Pairs, *, batch_size: int = 64,

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-from models.config import TrainConfig
+from models.config import Pooling, TrainConfig
 from models.device import autocast, resolve_device
 from models.losses import relevance_loss
 from models.metrics import roc_auc
-from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, mean_pool
+from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, pool
 from models.relevance import NUM_LABELS
 from models.training import FitResult, fit, seed_everything
 
@@ -113,7 +113,7 @@ class PrunedEmbedding(nn.Module):
 class EncoderClassifier(nn.Module):
     """Encoder + dropout + a linear head on the last layer's [CLS] token, or its mean over the pair's tokens."""
 
-    def __init__(self, encoder: PreTrainedModel, num_labels: int = NUM_LABELS, pooling: str = "cls") -> None:
+    def __init__(self, encoder: PreTrainedModel, num_labels: int = NUM_LABELS, pooling: Pooling = "cls") -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -125,8 +125,7 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder(**batch.model_inputs()).last_hidden_state
-        pooled = hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(pool(hidden, batch.attention_mask, self.pooling)))
 
 
 def load_encoder(path: str) -> PreTrainedModel:
