@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import LearnerConfig  # noqa: E402
-from models.methods import METHODS, run_method  # noqa: E402
-from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config  # noqa: E402
+from models.methods import run_method  # noqa: E402
+from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config, method_learner, translating  # noqa: E402
 from tasks.config import BENCHMARK_PRESET, build, parse_overrides, read_preset  # noqa: E402
 from tasks.data import generate_demo  # noqa: E402
 from tasks.learner import resolve_settings_encoder  # noqa: E402
@@ -103,8 +103,8 @@ def main(args: Args) -> dict:
     translations = Translations(data, cfg.learner.translation.backend, settings.cache_dir / "translations")
     results = {}
     for name in args.variants.split(","):
-        learner = _learner(args, name)
-        fraction = learner.translation.fraction if METHODS[args.method].uses_translation else 0
+        learner = method_learner(_learner(args, name), args.method)  # the method's own preset, as the benchmark
+        fraction = learner.translation.fraction if translating(args.method) else 0
         translated_for, translate_seconds, rows = translations.for_run(
             RunSpec(args.method, learner.seed, tuple(ids), fraction if fraction > 0 else None))
         t0 = time.perf_counter()
