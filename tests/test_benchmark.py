@@ -148,6 +148,8 @@ def test_the_cpu_preset_names_its_methods_and_all_means_every_method(tmp_path):
     assert cfg.methods == ("ad", "ad-paper", "ad-no-translation", "fusion-no-distill", "adapter-only", "probe",
                            "joint-fusion", "sm")
     assert cfg.fractions == (0.0, 0.3, 1.0)
+    # 300 pairs at batch 8: 8 epochs (304 steps), chosen on validation in benchmarks/reports/adapter-steps-2cpu
+    assert (cfg.learner.adapter.epochs, cfg.learner.adapter.batch_size, cfg.max_train_pairs) == (8, 8, 300)
     assert benchmark_config(ORDER, ["all"]).methods == tuple(METHODS)
     assert benchmark_config(ORDER, ["sm", "ad"]).methods == ("sm", "ad")
     bad = tmp_path / "bench.toml"
