@@ -60,6 +60,7 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "fusion-lr-1e-3": (None, ["fusion.learning_rate=1e-3"]),
     "fusion-epochs-4": (None, ["fusion.epochs=4"]),
     "stop-on-kept": (None, ["early_stopping=kept"]),
+    "bf16": (None, ["adapter.precision=bf16", "fusion.precision=bf16"]),
     "mean-pool": (None, ["pooling=mean"]),
     "e5-input": ("e5-input", []),
     "e5-input-adapter-lr-3e-3": ("e5-input", ["adapter.learning_rate=3e-3"]),

@@ -150,6 +150,8 @@ def test_the_cpu_preset_names_its_methods_and_all_means_every_method(tmp_path):
     assert cfg.fractions == (0.0, 0.3, 1.0)
     # 300 pairs at batch 8: 8 epochs (304 steps), chosen on validation in benchmarks/reports/adapter-steps-2cpu
     assert (cfg.learner.adapter.epochs, cfg.learner.adapter.batch_size, cfg.max_train_pairs) == (8, 8, 300)
+    # and the fusion 4 epochs (152 steps), ahead of 2 on validation in benchmarks/reports/fusion-knobs-2cpu
+    assert (cfg.learner.fusion.epochs, cfg.learner.fusion.batch_size) == (4, 8)
     assert benchmark_config(ORDER, ["all"]).methods == tuple(METHODS)
     assert benchmark_config(ORDER, ["sm", "ad"]).methods == ("sm", "ad")
     bad = tmp_path / "bench.toml"
@@ -335,6 +337,30 @@ def test_resume_skips_finished_runs_and_a_new_knob_reruns(demo_root, tmp_path, m
                             translation_uses=_translates,
                             translation_cache=tmp_path / "tc", progress=False)
     assert changed.ran == 6 and len(runner.calls) == 12
+
+
+def test_a_sweep_point_that_is_an_ablation_is_recorded_from_it_not_trained_again(demo_root, tmp_path, monkeypatch):
+    """``ad`` at fraction 0 is ``ad-no-translation`` (same class, same configuration): one training run, two records."""
+    _no_translation(monkeypatch)
+    cfg = _cfg(methods=("ad", "ad-no-translation"), seeds=1, sweep_seeds=1, fractions=(0.0, 0.3))
+    data = BenchmarkData.load(demo_root, cfg)
+    runner = CountingRunner()
+    kw = dict(encoder=FAKE_ENCODER, runner=runner, progress=False, translation_cache=tmp_path / "tc")
+    first = run_benchmark(cfg, data, tmp_path, **kw)
+    assert [c[0] for c in runner.calls] == ["ad", "ad-no-translation"], "ad@0 was trained again"
+    by_key = {r.key.split("|hash")[0]: r for r in first.records}
+    sweep0 = next(r for r in first.records if r.method == "ad" and r.fraction == 0.0)
+    ablation = next(r for r in first.records if r.method == "ad-no-translation")
+    assert sweep0.matrix == ablation.matrix and sweep0.arrival_seconds == ablation.arrival_seconds
+    assert (sweep0.sweep, sweep0.main, ablation.main) == (True, False, True) and len(by_key) == 3
+    stored = {r.key: r for r in ResultsFile(tmp_path).read()}
+    assert stored[sweep0.key].method == "ad" and stored[sweep0.key].fraction == 0.0
+    again = run_benchmark(cfg, data, tmp_path, **kw)
+    assert (again.ran, again.skipped, len(runner.calls)) == (0, 3, 2)
+    other = run_benchmark(_cfg(methods=("ad", "fusion-no-distill"), seeds=1, sweep_seeds=1, fractions=(0.0,)),
+                          data, tmp_path / "other", **kw)
+    assert other.ran == 3 and [c[0] for c in runner.calls[2:]] == ["ad", "fusion-no-distill", "ad"], \
+        "λ = 0 is another configuration: trained"
 
 
 def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch):

@@ -66,6 +66,19 @@ def method_config(cfg: BenchmarkConfig, spec: RunSpec) -> tuple[LearnerConfig, B
     return learner.model_copy(update=update), cfg.baselines
 
 
+def run_identity(spec: RunSpec, learner: LearnerConfig, baselines: BaselinesConfig) -> str:
+    """What a run computes: the method's class, the configuration it runs under (with the share of translated
+    pairs it is actually handed), its seed and its order. Specs with one identity are one run, trained once:
+    ``ad`` at fraction 0 (the sweep's first point) is ``ad-no-translation``."""
+    from models.methods import METHODS
+
+    kind = METHODS[spec.method].__qualname__ if spec.method in METHODS else spec.method
+    handed = learner.translation.model_copy(update={"fraction": spec.fraction or 0.0})
+    return json.dumps({"class": kind, "order": list(spec.order),
+                       "learner": learner.model_copy(update={"translation": handed}).model_dump(mode="json"),
+                       "baselines": baselines.model_dump(mode="json")}, sort_keys=True)
+
+
 # --------------------------------------------------------------------------- data
 def cap_table(table: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     """At most about ``limit`` rows: whole queries, the label ratio kept (the translation subset's sampler)."""
@@ -184,8 +197,11 @@ def run_benchmark(
     """Run every planned run not yet in ``<out>/results.jsonl`` and append its record there as soon as it ends.
 
     ``runner`` defaults to ``models.methods.run_method``, ``configure`` (a run's learner and baselines) to
-    ``method_config`` and ``translation_uses`` (which methods translate) to the methods' own ``uses_translation``. The key of a run is (method, seed, order, fraction, configuration hash); the
-    hash covers every knob that changes a run's result, the encoder's checksum and the capped data's content.
+    ``method_config`` and ``translation_uses`` (which methods translate) to the methods' own ``uses_translation``.
+    The key of a run is (method, seed, order, fraction, configuration hash); the hash covers every knob that
+    changes a run's result, the encoder's checksum and the capped data's content. A spec whose ``run_identity``
+    equals a finished run's is recorded as that run, not trained again: the sweep's fraction-0 point of a method
+    that translates is its no-translation ablation.
     """
     from tqdm.auto import tqdm
 
@@ -208,21 +224,33 @@ def run_benchmark(
         "data": data.hashes(), "plan": [s.key(run_hash) for s in plan],
     }, indent=2))
     translations = Translations(data, cfg.learner.translation.backend, Path(translation_cache))
+    done_as: dict[str, RunRecord] = {}
+    for spec in plan:
+        if spec.key(run_hash) in finished:
+            done_as.setdefault(run_identity(spec, *configure(cfg, spec)), finished[spec.key(run_hash)])
     bar = tqdm(total=len(todo), desc="benchmark", unit="run", disable=not progress or not todo, position=0)
     try:
         for spec in todo:
             bar.set_postfix_str(spec.label)
-            translated_for, seconds, rows = translations.for_run(spec)
             learner, baselines = configure(cfg, spec)
-            result = runner(spec.method, encoder, data.splits(spec.order), learner, baselines,
-                            translated_for=translated_for)
-            record = RunRecord.from_result(spec, run_hash, result, translation_seconds=seconds, translated_rows=rows)
+            identity = run_identity(spec, learner, baselines)
+            if identity in done_as:
+                record = replace(done_as[identity], key=spec.key(run_hash), method=spec.method, fraction=spec.fraction,
+                                 main=spec.main, sweep=spec.sweep)
+                log.info("%s is the run %s (same class, configuration, seed and order): its record, not a rerun",
+                         spec.label, done_as[identity].key)
+            else:
+                translated_for, seconds, rows = translations.for_run(spec)
+                result = runner(spec.method, encoder, data.splits(spec.order), learner, baselines,
+                                translated_for=translated_for)
+                record = RunRecord.from_result(spec, run_hash, result, translation_seconds=seconds, translated_rows=rows)
+                log.info("%s: average %.4f, BWT %+.4f, forgetting %.4f, %.1f s", spec.label, record.average,
+                         record.bwt, record.forgetting, record.train_seconds)
+                del result
+                gc.collect()
             results.append(record)
+            done_as.setdefault(identity, record)
             finished[record.key] = record
-            log.info("%s: average %.4f, BWT %+.4f, forgetting %.4f, %.1f s", spec.label, record.average, record.bwt,
-                     record.forgetting, record.train_seconds)
-            del result
-            gc.collect()
             bar.update(1)
     finally:
         bar.close()
