@@ -14,9 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.sources import LocalArtifactDatasetSource
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
@@ -75,6 +78,16 @@ class Candidate:
     new_valids: dict[str, pd.DataFrame] = field(default_factory=dict)
     data_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     translation_routes: dict[str, str] = field(default_factory=dict)  # older language -> route, or "none (§4.2)"
+
+
+def dataset_source(location: str) -> DatasetSource | str:
+    """The MLflow source of an input table read from ``location`` (a path, or a URI such as ``s3://``).
+
+    MLflow registers its local-file source twice (once per scheme of its local artifact repository), so a plain
+    path resolves ambiguously and every logged table warns "can be interpreted in multiple ways" into the
+    operator's log; naming the local source here is MLflow's own workaround. URIs stay MLflow's to resolve.
+    """
+    return LocalArtifactDatasetSource(location) if urlparse(location).scheme in ("", "file") else location
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,7 @@ def run_candidate(
         mlflow.log_params({**spec.params, "encoder": encoder.name, **flat(learner),
                            **{f"gate.{k}": v for k, v in flat(gate).items()}})
         for item in spec.inputs:
-            mlflow.log_input(mlflow.data.from_pandas(item.table, source=item.source, name=item.name),
+            mlflow.log_input(mlflow.data.from_pandas(item.table, source=dataset_source(item.source), name=item.name),
                              context=item.context)
         teacher = Teacher(teacher_version, None, {}, {})
         if teacher_version is not None:

@@ -559,3 +559,22 @@ def test_mcl_retrain_runs_the_flow_here_and_says_why_nothing_ran(mcl, tiny_encod
     assert [v.version for v in registry_versions()] == ["1"]
     bad = CliRunner().invoke(app, ["retrain", str(fresh), "--set", "fusion.nonsense=1"])
     assert bad.exit_code == 2 and "nonsense" in bad.output and "Traceback" not in bad.output
+
+
+def test_input_tables_log_their_source_without_mlflows_ambiguity_warning(tmp_path):
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    from flows.candidate import dataset_source
+
+    table = pd.DataFrame({"query": ["q"], "product_title": ["p"], "label": [1]})
+    path = str(tmp_path / "en" / "train.parquet")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        local = mlflow.data.from_pandas(table, source=dataset_source(path), name="en-train")
+        remote = mlflow.data.from_pandas(table, source=dataset_source("s3://bucket/en/train.parquet"), name="en-train")
+    assert [str(w.message) for w in caught if "multiple ways" in str(w.message)] == []
+    assert json.loads(local.source.to_json()) == {"uri": path}
+    assert json.loads(remote.source.to_json()) == {"uri": "s3://bucket/en/train.parquet"}
