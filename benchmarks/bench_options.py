@@ -113,7 +113,8 @@ def main(args: Args) -> dict:
         r = np.asarray(result.metrics.matrix)
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
         m = result.metrics
-        results[name] = {**m.as_dict(), "valid_average": result.valid_metrics.average, "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
+        results[name] = {**m.as_dict(), "valid_average": result.valid_metrics.average,
+                         "valid_matrix": result.valid_metrics.as_dict()["matrix"], "seconds": time.perf_counter() - t0, "translate_seconds": translate_seconds,
                          "translated_rows": rows, "drift_from_learned": drift, "own_attention": result.own_attention,
                          "learner": learner.model_dump()}
         print(f"\n== {name} ({results[name]['seconds']:.0f}s)")
@@ -122,6 +123,10 @@ def main(args: Args) -> dict:
         print(f"  average {m.average:.4f} (validation {result.valid_metrics.average:.4f})  BWT {m.bwt:+.4f}  forgetting {m.forgetting:.4f}  "
               f"old marketplaces vs right after learned: " + ", ".join(f"{ids[k]} {d:+.4f}" for k, d in enumerate(drift)),
               flush=True)
+        v = np.asarray(result.valid_metrics.matrix)
+        print("  validation, each arrival's largest old-marketplace drop against the model before it (what the gate "
+              "reads): " + ", ".join(f"{ids[t]} {max(v[t - 1, k] - v[t, k] for k in range(t)):+.4f}"
+                                     for t in range(1, len(ids))), flush=True)
     print("\n| variant | " + " | ".join(f"final {k}" for k in ids) + " | average | valid average | BWT | forgetting "
           "| time s |")
     print("|---|" + "---|" * (len(ids) + 5))

@@ -291,7 +291,8 @@ class RelevanceModel:
 
     @classmethod
     def load(cls, folder: str | Path, encoder: EncoderRef, *, device: torch.device | str = "cpu") -> RelevanceModel:
-        """Rebuild a saved model on ``encoder``, refusing an encoder other than the one it was trained on."""
+        """Rebuild a saved model on ``encoder``, refusing an encoder other than the one it was trained on; ``device``
+        as in :meth:`create` ("auto" resolves, as a learner's or student's configuration spells it)."""
         folder = Path(folder)
         manifest = cls.read_manifest(folder)
         expected = manifest["encoder"]
@@ -312,7 +313,7 @@ class RelevanceModel:
         if manifest["fusion"] is not None:
             model.net.load_adapter_fusion(str(folder / "fusion"), with_head=True, use_safetensors=True)
             model.fusion = manifest["fusion"]
-        model.net.to(device)
+        model.net.to(resolve_device(device) if isinstance(device, str) else device)
         for p in model.net.parameters():
             p.requires_grad_(False)
         model.net.eval()

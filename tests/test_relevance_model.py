@@ -92,6 +92,16 @@ np.save({str(tmp_path / 'got.npy')!r}, p)
     assert np.array_equal(np.load(tmp_path / "got.npy"), expected)
 
 
+def test_load_takes_the_configured_device_spelling_auto(trained_pair, tiny_encoder, tmp_path):
+    """A learner or student configuration says ``device="auto"``; loading with it lands where ``create`` would."""
+    model, mks = trained_pair
+    folder = model.save(tmp_path / "model")
+    loaded = RelevanceModel.load(folder, tiny_encoder, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert loaded.device.type == expected
+    assert np.allclose(loaded.predict_proba(mks[1].test), model.predict_proba(mks[1].test), atol=1e-5)
+
+
 def test_adapter_only_predictions_and_unknown_marketplace(trained_pair):
     model, mks = trained_pair
     fused = model.predict_proba(mks[0].test)
