@@ -7,8 +7,9 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error, not a silent fallback."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error, not a silent fallback. A
+    ``torch.device`` passes through the same check, so models take either spelling."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

@@ -112,7 +112,7 @@ class RelevanceModel:
         tokenizer = AutoTokenizer.from_pretrained(str(encoder.path))
         for p in net.parameters():
             p.requires_grad_(False)
-        net.to(resolve_device(device) if isinstance(device, str) else device)
+        net.to(resolve_device(device))
         return cls(net, tokenizer, encoder, [], None, text)
 
     @property
@@ -313,7 +313,7 @@ class RelevanceModel:
         if manifest["fusion"] is not None:
             model.net.load_adapter_fusion(str(folder / "fusion"), with_head=True, use_safetensors=True)
             model.fusion = manifest["fusion"]
-        model.net.to(resolve_device(device) if isinstance(device, str) else device)
+        model.net.to(resolve_device(device))
         for p in model.net.parameters():
             p.requires_grad_(False)
         model.net.eval()

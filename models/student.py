@@ -76,7 +76,7 @@ class StudentModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(base_encoder))
         base = {"name": name, "checksum": checksum, "layers": depth, "copied": chosen}
         student = cls(encoder, tokenizer, text, base)
-        return student.to(resolve_device(device) if isinstance(device, str) else device)
+        return student.to(resolve_device(device))
 
     @property
     def device(self) -> torch.device:
@@ -169,7 +169,7 @@ class StudentModel(nn.Module):
         for entry in manifest["marketplaces"]:
             student.add_marketplace(MarketplaceSpec(**entry))
         student.heads.load_state_dict(load_file(str(folder / HEADS_FILE)), strict=True)
-        student.to(resolve_device(device) if isinstance(device, str) else device)
+        student.to(resolve_device(device))
         return student.eval()
 
 
