@@ -97,7 +97,7 @@ def pooled_baseline(model: RelevanceModel, splits: dict, ids: list[str], cfg: St
 
 def new_student(base, cfg: StudentConfig, text, specs: list[MarketplaceSpec]) -> StudentModel:
     student = StudentModel.create(base.path, name=base.name, checksum=base.checksum, layers=cfg.layers, text=text,
-                                  device=cfg.device)
+                                  layer_choice=cfg.layer_choice, device=cfg.device)
     for spec in specs:
         student.add_marketplace(spec)
     return student

@@ -90,6 +90,18 @@ def evenly_spaced_layers(teacher_layers: int, count: int) -> list[int]:
     return [math.floor(x + 0.5) for x in np.linspace(0, teacher_layers - 1, count)]
 
 
+def copied_layers(teacher_layers: int, count: int, choice: str) -> list[int]:
+    """The layers a student copies: the first ``count`` (``bottom``: the top layers dropped) or
+    :func:`evenly_spaced_layers` (``evenly``)."""
+    if choice == "evenly":
+        return evenly_spaced_layers(teacher_layers, count)
+    if choice != "bottom":
+        raise ValueError(f"unknown layer choice {choice!r}: bottom or evenly")
+    if not 1 <= count <= teacher_layers:
+        raise ValueError(f"cannot take {count} layers from a teacher with {teacher_layers}")
+    return list(range(count))
+
+
 def matched_layers(teacher_layers: int, student_layers: int) -> list[int]:
     """The teacher layer each student layer k imitates (0-based): the last of the k-th of ``student_layers`` equal
     groups, i.e. 2k + 1 when the student has half the layers (MiniLM/TinyBERT's uniform mapping)."""

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.device import autocast, resolve_device
-from models.encoder_distill import evenly_spaced_layers, has_pooler, student_encoder
+from models.encoder_distill import copied_layers, has_pooler, student_encoder
 from models.folders import write_folder
 from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, batches, pool
 from models.relevance import NUM_LABELS, MarketplaceSpec, ModelFormatError
@@ -66,12 +66,12 @@ class StudentModel(nn.Module):
     # ----------------------------------------------------------------- building
     @classmethod
     def create(cls, base_encoder: Path, *, name: str, checksum: str, layers: int, text: TextFormat,
-               device: str | torch.device = "cpu") -> StudentModel:
-        """A student of ``layers`` layers of ``base_encoder``, evenly spaced from its first layer to its last,
-        with no marketplace yet, reading pairs as ``text`` says (the teachers' text format, so both see the same
-        tokens)."""
+               layer_choice: str, device: str | torch.device = "cpu") -> StudentModel:
+        """A student of ``layers`` layers of ``base_encoder`` (its first ones, or evenly spaced from its first to
+        its last: ``layer_choice``), with no marketplace yet, reading pairs as ``text`` says (the teachers' text
+        format, so both see the same tokens)."""
         depth = int(AutoConfig.from_pretrained(str(base_encoder)).num_hidden_layers)
-        chosen = evenly_spaced_layers(depth, layers)
+        chosen = copied_layers(depth, layers, layer_choice)
         encoder = student_encoder(Path(base_encoder), chosen)
         tokenizer = AutoTokenizer.from_pretrained(str(base_encoder))
         base = {"name": name, "checksum": checksum, "layers": depth, "copied": chosen}

@@ -157,7 +157,7 @@ def train_student_step(teachers: StudentTeachers, train: Mapping[str, pd.DataFra
             raise ValueError("a fresh student needs the base encoder and the relevance model whose text format it reads")
         text = TextFormat(**RelevanceModel.read_manifest(text_from)["text_format"])
         student = StudentModel.create(base.path, name=base.name, checksum=base.checksum, layers=cfg.layers, text=text,
-                                      device=cfg.device)
+                                      layer_choice=cfg.layer_choice, device=cfg.device)
         for mid in train:
             student.add_marketplace(MarketplaceSpec(mid, languages[mid]))
         forced: list[str] = []

@@ -53,6 +53,16 @@ def test_layer_choice_is_distilberts_for_twelve_layers_and_evenly_spaced_otherwi
         D.resolve_layers(12, [0, 12])
 
 
+def test_copied_layers_keep_the_bottom_ones_or_spread_them():
+    assert D.copied_layers(12, 8, "bottom") == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert D.copied_layers(12, 4, "evenly") == [0, 4, 7, 11]
+    assert D.copied_layers(12, 12, "bottom") == D.copied_layers(12, 12, "evenly") == list(range(12))
+    with pytest.raises(ValueError, match="cannot take 13 layers from a teacher with 12"):
+        D.copied_layers(12, 13, "bottom")
+    with pytest.raises(ValueError, match="unknown layer choice 'top'"):
+        D.copied_layers(12, 4, "top")
+
+
 def test_twelve_layer_student_copies_layers_0_2_4_7_9_11_bit_for_bit(tmp_path):
     teacher_dir = build_tiny_encoder(tmp_path / "t12", TEXTS, hidden_size=16, num_layers=12, num_heads=2, seed=3)
     student_dir = D.build_student(teacher_dir, tmp_path / "student")

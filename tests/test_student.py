@@ -33,7 +33,7 @@ def tiny_config(**changes) -> StudentConfig:
 
 def new_student(tiny_encoder, ids=IDS) -> StudentModel:
     student = StudentModel.create(tiny_encoder.path, name=tiny_encoder.name, checksum=tiny_encoder.checksum, layers=1,
-                                  text=TEXT)
+                                  text=TEXT, layer_choice="bottom")
     for mid in ids:
         student.add_marketplace(MarketplaceSpec(mid, mid))
     return student
