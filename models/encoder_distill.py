@@ -93,13 +93,10 @@ def evenly_spaced_layers(teacher_layers: int, count: int) -> list[int]:
 def copied_layers(teacher_layers: int, count: int, choice: str) -> list[int]:
     """The layers a student copies: the first ``count`` (``bottom``: the top layers dropped) or
     :func:`evenly_spaced_layers` (``evenly``)."""
-    if choice == "evenly":
-        return evenly_spaced_layers(teacher_layers, count)
-    if choice != "bottom":
+    if choice not in ("bottom", "evenly"):
         raise ValueError(f"unknown layer choice {choice!r}: bottom or evenly")
-    if not 1 <= count <= teacher_layers:
-        raise ValueError(f"cannot take {count} layers from a teacher with {teacher_layers}")
-    return list(range(count))
+    spread = evenly_spaced_layers(teacher_layers, count)  # checks that the teacher has ``count`` layers
+    return spread if choice == "evenly" else list(range(count))
 
 
 def matched_layers(teacher_layers: int, student_layers: int) -> list[int]:

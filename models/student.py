@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.config import LayerChoice
 from models.device import autocast, resolve_device
 from models.encoder_distill import copied_layers, has_pooler, student_encoder
 from models.folders import write_folder
@@ -66,7 +67,7 @@ class StudentModel(nn.Module):
     # ----------------------------------------------------------------- building
     @classmethod
     def create(cls, base_encoder: Path, *, name: str, checksum: str, layers: int, text: TextFormat,
-               layer_choice: str, device: str | torch.device = "cpu") -> StudentModel:
+               layer_choice: LayerChoice, device: str | torch.device = "cpu") -> StudentModel:
         """A student of ``layers`` layers of ``base_encoder`` (its first ones, or evenly spaced from its first to
         its last: ``layer_choice``), with no marketplace yet, reading pairs as ``text`` says (the teachers' text
         format, so both see the same tokens)."""
