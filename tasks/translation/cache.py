@@ -56,10 +56,24 @@ class TranslationCache:
             self.path = Path(cache_dir) / CACHE_FILE
             self._conn = sqlite3.connect(self.path, timeout=timeout_s)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._set_wal(timeout_s)
             self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._conn:
             self._conn.execute(_SCHEMA)
+
+    def _set_wal(self, timeout_s: float) -> None:
+        """Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once,
+        without the busy handler, when another process opens the same new cache at that moment: retry until
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def lookup(self, texts: Iterable[str], pair: Pair, model: ModelInfo) -> dict[str, CachedTranslation]:
         by_hash = {text_hash(t): t for t in texts}
