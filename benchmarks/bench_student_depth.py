@@ -50,11 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def grid(text: str) -> list[tuple[int, str]]:
+def grid(text: str) -> list[list[str]]:
+    """Each entry's overrides: ``layers=N`` and, when the entry names one, ``layer_choice=CHOICE`` (otherwise the
+    configured choice applies)."""
     entries = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         layers, _, choice = item.partition(":")
-        entries.append((int(layers), choice or "bottom"))
+        entries.append([f"layers={int(layers)}", *([f"layer_choice={choice}"] if choice else [])])
     return entries
 
 
@@ -70,9 +72,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # λ = 0: the labels alone; the "teacher" ROC-AUC of 1 keeps ε from ending a run early.
     data = [StudentData(split.spec, split.train, split.valid, np.asarray(split.train.labels, np.float32), 1.0)]
     rows = []
-    for layers, choice in grid(args.grid):
-        cfg = build(StudentConfig, overrides=[*args.sets, f"layers={layers}", f"layer_choice={choice}", "weight=0",
-                                              "top_k=1", "device=cpu"])
+    for entry in grid(args.grid):
+        cfg = build(StudentConfig, overrides=[*args.sets, *entry, "weight=0", "top_k=1", "device=cpu"])
+        layers, choice = cfg.layers, cfg.layer_choice
         student = StudentModel.create(encoder.path, name=encoder.name, checksum=encoder.checksum, layers=layers,
                                       text=text, layer_choice=choice, device=cfg.device)
         student.add_marketplace(split.spec)
