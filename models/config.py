@@ -128,6 +128,10 @@ class RetrainConfig(_Config):
     eval_every: int = Field(200, ge=1, description="E: optimiser steps between validation passes (the paper: 200).")
     patience: int = Field(3, ge=1, description="Validation passes without a better ROC-AUC after which a "
                                                "marketplace has converged (the paper: 3).")
+    rewind: bool = Field(True, description="async-kd: a converged marketplace rewinds every trained parameter and "
+                                           "the optimizer to its best checkpoint (the issue's reading of Lu et "
+                                           "al.); false keeps training from where it is and only distils from that "
+                                           "checkpoint's predictions, so the others keep their progress.")
     max_steps: int = Field(4000, ge=1, description="Step budget of the joint methods; they end there even if a "
                                                    "marketplace has not converged.")
     sample_floor: float = Field(0.1, ge=0, lt=1, description="Smallest share of a batch's rows any marketplace "

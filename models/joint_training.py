@@ -7,7 +7,9 @@ own loss, and every E steps each is scored on its validation set. Under ``async-
 ``patience`` evaluations without improving has converged: the trained parameters and the optimizer rewind to its
 best checkpoint, that checkpoint's predictions on its training rows are computed once, and from then on its loss is
 the cross-entropy against those soft targets while the others keep learning from their labels. Training ends when
-every marketplace has converged, or at the step budget; the last checkpoint is the result.
+every marketplace has converged, or at the step budget; the last checkpoint is the result. With ``rewind=False``
+the soft targets still come from the best checkpoint but training goes on from where it is: the marketplaces still
+learning keep their progress, and the converged one is pulled back towards its best only through distillation.
 
 The joint baselines (uniform, DWA, GradNorm) run the same loop with the same stopping rule but never rewind or
 switch; they only weight the losses (``models.task_weighting``). The one training loop (``models.training.fit``)
@@ -290,29 +292,42 @@ class JointTrainer:
         i = min(due, key=lambda j: self.tracks[j].best_eval)
         name, best_eval, waited = self.names[i], self.tracks[i].best_eval, self.tracks[i].since_best
         params, optimizer = self.snapshots[best_eval]
+        current = [p.detach().clone() for p in self.params]
+        self._load(params)
+        rows = np.flatnonzero(self.task_of == i)
+        self.soft[rows] = torch.from_numpy(predict_proba(self.module, self.logits_fn, self.train[name], self.pad,
+                                                   self.cfg.eval_batch_size, self.cfg.precision))
+        if self.retrain.rewind:
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer))
+            self._restore_tracks(best_eval)
+        else:
+            self._load(current)
+        self.converged[i] = self.step
+        self.rewinds.append({"marketplace": name, "step": self.step, "to_step": self.tracks[i].best_step,
+                             "rewound": self.retrain.rewind, "best": self.tracks[i].best,
+                             "evaluations_without_improvement": waited})
+        log.info("%s converged at step %d (its best: step %d, valid ROC-AUC %.4f): %s; its loss is now "
+                 "distillation from that checkpoint's predictions", name, self.step, self.tracks[i].best_step,
+                 self.tracks[i].best, "rewound to it" if self.retrain.rewind else "training goes on from here")
+        if self.retrain.order != "joint" and i + 1 < len(self.tracks) and not self.tracks[i + 1].active:
+            self.tracks[i + 1] = Track()
+            log.info("%s joins the training", self.names[i + 1])
+        if self.retrain.rewind:
+            self._record_scores()
+
+    def _load(self, values: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for p, v in zip(self.params, params, strict=True):
+            for p, v in zip(self.params, values, strict=True):
                 p.copy_(v)
-        self.optimizer.load_state_dict(copy.deepcopy(optimizer))
+
+    def _restore_tracks(self, best_eval: int) -> None:
+        """Every marketplace's bookkeeping as it was at the checkpoint rewound to."""
         joined = [t.active for t in self.tracks]
         restored = copy.deepcopy(self.states[best_eval])
         for j, (track, was_active) in enumerate(zip(restored, joined, strict=True)):
             if was_active and not track.active:  # joined after the checkpoint: it starts afresh from here
                 restored[j] = Track()
         self.tracks = restored
-        self.converged[i] = self.step
-        rows = np.flatnonzero(self.task_of == i)
-        self.soft[rows] = torch.from_numpy(predict_proba(self.module, self.logits_fn, self.train[name], self.pad,
-                                                   self.cfg.eval_batch_size, self.cfg.precision))
-        self.rewinds.append({"marketplace": name, "step": self.step, "to_step": self.tracks[i].best_step,
-                             "best": self.tracks[i].best, "evaluations_without_improvement": waited})
-        log.info("%s converged at step %d: rewound to its best checkpoint (step %d, valid ROC-AUC %.4f); its loss "
-                 "is now distillation from that checkpoint's predictions", name, self.step,
-                 self.tracks[i].best_step, self.tracks[i].best)
-        if self.retrain.order != "joint" and i + 1 < len(self.tracks) and not self.tracks[i + 1].active:
-            self.tracks[i + 1] = Track()
-            log.info("%s joins the training", self.names[i + 1])
-        self._record_scores()
 
     def run(self, desc: str) -> JointResult:
         """The one training loop with these hooks: an epoch is E steps, at most ``max_steps`` in all."""

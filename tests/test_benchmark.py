@@ -484,6 +484,18 @@ def test_cli_retraining_comparison_runs_the_joint_methods_from_one_champion(cli_
     assert table.loc["uniform", "average"] == "+0.0000" and table.loc["async-kd", "steps"] == str(kd["steps"])
     again = _cli(*args, "--no-mlflow")  # every run is on record: nothing trains again
     assert again.exit_code == 0 and len((out / RESULTS).read_text().splitlines()) == 2
+    # the variant without the rewind: only it trains, and the report compares it with the runs on record
+    variant = _cli(*args, "--no-mlflow", "--set", "retrain.rewind=false")
+    assert variant.exit_code == 0, variant.output
+    lines = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["uniform", "async-kd", "async-kd (no rewind)"]
+    assert lines[-1]["retrain"]["rewind"] is False
+    text = (out / "retraining.md").read_text()
+    assert "| async-kd |" in text and "| async-kd (no rewind) |" in text
+    assert (out / "retraining-async-kd-no-rewind.png").is_file()
+    other_budget = _cli(*[a if a != "retrain.max_steps=8" else "retrain.max_steps=6" for a in args], "--no-mlflow",
+                        "--methods", "uniform")
+    assert other_budget.exit_code == 0 and "async-kd" not in (out / "retraining.md").read_text()
     # fresh rows and the champion's old rows never overlap
     train = pd.read_parquet(demo_root / "en" / "train.parquet")
     fresh, old = fresh_and_old(train, 60, 40, 13)
@@ -509,3 +521,17 @@ def test_retraining_table_is_the_change_over_uniform_final_per_seed():
     assert table.loc["async-kd", "steps"] == "70"
     assert table.loc[ORACLE, "a"] == "+0.0100 ± 0.0100"
     assert table.loc["async-kd", "final below best valid (max)"] == "0.0100 ± 0.0000"
+
+
+def test_the_no_rewind_variant_is_a_row_of_its_own_and_leaves_the_baselines_keys_alone():
+    from models.config import RetrainConfig
+    from tasks.benchmark.retraining import method_label, method_settings
+    from tasks.hashing import fingerprint
+
+    def key(**kw):
+        return fingerprint(method_settings(RetrainConfig(**kw)))
+
+    assert key(method="uniform", rewind=False) == key(method="uniform")  # a uniform run on record is reused
+    assert key(method="async-kd", rewind=False) != key(method="async-kd")
+    assert method_label(RetrainConfig(method="async-kd", rewind=False)) == "async-kd (no rewind)"
+    assert [method_label(RetrainConfig(method=m)) for m in ("async-kd", "gradnorm")] == ["async-kd", "gradnorm"]

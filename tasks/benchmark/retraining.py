@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.config import LearnerConfig
+from models.config import LearnerConfig, RetrainConfig
 from tasks.benchmark.config import BenchmarkConfig
 from tasks.benchmark.runner import BenchmarkData, cap_table
 from tasks.hashing import fingerprint, table_hash
@@ -88,7 +89,9 @@ def check_retrain_methods(methods: Sequence[str]) -> None:
 
 def run_retraining(cfg: BenchmarkConfig, data: BenchmarkData, sizes: Mapping[str, int], methods: Sequence[str],
                    out: Path, *, encoder: Any) -> list[dict]:
-    """Every method × seed of the comparison; returns one record per run (old records of the same key included)."""
+    """Every method × seed of the comparison; returns one record per run (old records of the same key included),
+    and the records of the same champions and step budget run earlier into ``out`` under another variant (async-kd
+    without the rewind), so one table compares them."""
     from models.device import resolve_device
     from models.relevance import RelevanceModel
     from models.stages import retrain_jointly
@@ -109,7 +112,7 @@ def run_retraining(cfg: BenchmarkConfig, data: BenchmarkData, sizes: Mapping[str
         champion = None
         for method in methods:
             settings = learner.model_copy(update={"retrain": learner.retrain.model_copy(update={"method": method})})
-            key = f"{base}-{fingerprint(settings.retrain.model_dump())[:12]}"
+            key = f"{base}-{fingerprint(method_settings(settings.retrain))[:12]}"
             if key in done:
                 records.append(done[key])
                 continue
@@ -124,7 +127,8 @@ def run_retraining(cfg: BenchmarkConfig, data: BenchmarkData, sizes: Mapping[str
                                      {m: to_pairs(data.marketplaces[m].valid) for m in sizes}, settings,
                                      report={m: to_pairs(data.marketplaces[m].test) for m in sizes})
             joint = report.details["joint"]
-            record = {"key": key, "seed": seed, "method": method, "sizes": dict(sizes),
+            record = {"key": key, "seed": seed, "method": method_label(settings.retrain), "sizes": dict(sizes),
+                      "retrain": settings.retrain.model_dump(),
                       "seconds": time.perf_counter() - start, "steps": joint["steps"], "stopped": joint["stopped"],
                       "test": {m: c[-1][1] for m, c in joint["report_curves"].items()},
                       "oracle_test": _oracle(joint) if method == "uniform" else None,
@@ -136,7 +140,27 @@ def run_retraining(cfg: BenchmarkConfig, data: BenchmarkData, sizes: Mapping[str
             log.info("seed %d %s: %d steps (%s), test %s", seed, method, record["steps"], record["stopped"],
                      ", ".join(f"{m} {v:.4f}" for m, v in record["test"].items()))
             records.append(record)
+        keys = {r["key"] for r in records}
+        records += [r for k, r in done.items() if k.startswith(f"{base}-") and k not in keys
+                    and _budget(r.get("retrain")) == _budget(learner.retrain.model_dump())]
     return records
+
+
+def _budget(retrain: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What makes two runs comparable in one table: every retraining setting but the method and its variant."""
+    return None if retrain is None else {k: v for k, v in retrain.items() if k not in ("method", "rewind")}
+
+
+def method_settings(retrain: RetrainConfig) -> dict[str, Any]:
+    """The settings a run of this method depends on (its record's key): the rewind matters to async-kd only."""
+    return retrain.model_dump(exclude=None if retrain.method == "async-kd" else {"rewind"})
+
+
+def method_label(retrain: RetrainConfig) -> str:
+    """The method's row in the table: async-kd without the rewind is a variant of its own."""
+    if retrain.method == "async-kd" and not retrain.rewind:
+        return "async-kd (no rewind)"
+    return retrain.method
 
 
 def retraining_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -200,7 +224,7 @@ def write_retraining_report(out: Path, records: Sequence[Mapping[str, Any]], cfg
              markdown_table(table, "method"), ""]
     for r in records:
         if r["seed"] == first:
-            name = f"retraining-{r['method']}.png"
+            name = f"retraining-{re.sub(r'[^a-z0-9]+', '-', r['method']).strip('-')}.png"
             curves_figure(r).savefig(out / name, dpi=110)
             lines += [f"![{r['method']}]({name})", ""]
     path = out / "retraining.md"
