@@ -292,12 +292,12 @@ class JointTrainer:
         i = min(due, key=lambda j: self.tracks[j].best_eval)
         name, best_eval, waited = self.names[i], self.tracks[i].best_eval, self.tracks[i].since_best
         params, optimizer = self.snapshots[best_eval]
-        current = [p.detach().clone() for p in self.params]
+        current = None if self.retrain.rewind else [p.detach().clone() for p in self.params]
         self._load(params)
         rows = np.flatnonzero(self.task_of == i)
         self.soft[rows] = torch.from_numpy(predict_proba(self.module, self.logits_fn, self.train[name], self.pad,
                                                    self.cfg.eval_batch_size, self.cfg.precision))
-        if self.retrain.rewind:
+        if current is None:
             self.optimizer.load_state_dict(copy.deepcopy(optimizer))
             self._restore_tracks(best_eval)
         else:

@@ -137,7 +137,7 @@ def run_retraining(cfg: BenchmarkConfig, data: BenchmarkData, sizes: Mapping[str
                       "report_curves": joint["report_curves"]}
             with results.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            log.info("seed %d %s: %d steps (%s), test %s", seed, method, record["steps"], record["stopped"],
+            log.info("seed %d %s: %d steps (%s), test %s", seed, record["method"], record["steps"], record["stopped"],
                      ", ".join(f"{m} {v:.4f}" for m, v in record["test"].items()))
             records.append(record)
         keys = {r["key"] for r in records}
