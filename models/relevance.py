@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
 from models.device import resolve_device
 from models.folders import write_folder
+from models.contiguous_fusion import use_contiguous_fusion
 from models.fusion_attention import fusion_modules
 from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, mean_pool
 from models.training import predict_proba
@@ -159,6 +160,7 @@ class RelevanceModel:
         """
         name = fusion_name(adapter_names)
         self.net.add_adapter_fusion(Fuse(*adapter_names), config=FUSION_CONFIG)
+        use_contiguous_fusion(self.net, name)
         self.net.add_classification_head(name, num_labels=NUM_LABELS)
         if warm_start_from is not None:
             load_state(fusion_modules(self.net, name), state_of(fusion_modules(self.net, warm_start_from)))
@@ -313,6 +315,7 @@ class RelevanceModel:
         if manifest["fusion"] is not None:
             model.net.load_adapter_fusion(str(folder / "fusion"), with_head=True, use_safetensors=True)
             model.fusion = manifest["fusion"]
+            use_contiguous_fusion(model.net, model.fusion)
         model.net.to(resolve_device(device))
         for p in model.net.parameters():
             p.requires_grad_(False)

@@ -172,6 +172,45 @@ def test_fusion_warm_start_and_head_initialisation(tiny_encoder):
     assert copied and all(torch.equal(params[k], params[k.replace(warm, teacher)]) for k in copied)
 
 
+def test_fusion_blocks_read_contiguous_inputs_and_compute_what_the_library_computes(trained_pair, tmp_path):
+    from adapters.methods.modeling import BertFusion
+
+    from models.contiguous_fusion import ContiguousFusion
+    from models.fusion_attention import FusionAttentionRecorder, fusion_modules
+    from models.pairs import batches
+
+    model, mks = trained_pair
+    blocks = fusion_modules(model.net, model.fusion)
+    assert blocks and all(type(b) is ContiguousFusion for b in blocks)
+    loaded = RelevanceModel.load(model.save(tmp_path / "model"), model.encoder)
+    assert all(type(b) is ContiguousFusion for b in fusion_modules(loaded.net, loaded.fusion))
+
+    torch.manual_seed(0)
+    for p in model.net.parameters():  # every weight non-trivial, so a wrong product cannot hide behind zeros
+        p.data.add_(0.2 * torch.randn_like(p))
+    params = [p for b in blocks for p in b.parameters()]
+    batch = next(iter(batches(model.encode(mks[1].test), 16, model.tokenizer.pad_token_id, shuffle=False)))
+    recorder = FusionAttentionRecorder(model.net, model.fusion)
+    head = model.activate(None)
+    model.net.eval()
+
+    def forward() -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        with recorder.record() as scores:
+            logits = model.logits(batch, head)
+        grads = torch.autograd.grad(logits.pow(2).sum(), params)
+        return logits.detach(), [s.detach() for s in scores], list(grads)
+
+    for p in params:
+        p.requires_grad_(True)
+    fast = forward()
+    for b in blocks:
+        b.__class__ = BertFusion  # the library's own forward
+    library = forward()
+    assert fast[0].abs().max() > 0.1 and len(fast[1]) == len(blocks)
+    for got, expected in zip((fast[0], *fast[1], *fast[2]), (library[0], *library[1], *library[2]), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_adapter_capacity_and_distinct_initialisation_are_settings(tiny_encoder, marketplaces):
     import torch
 
