@@ -8,7 +8,9 @@ a table's identity, so tables are hashed by content (pandas' stable row hashing)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,10 @@ import pandas as pd
 from pydantic import BaseModel
 
 CONTRACT_COLUMNS = ("query", "product_title", "label")
+#: The project's root: ``models/`` and ``tasks/`` hold everything a cached step computes with.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COMPUTING_PACKAGES = ("models", "tasks")
+COMPUTING_LIBRARIES = ("torch", "transformers", "adapters", "scikit-learn")
 
 
 def table_hash(table: pd.DataFrame, columns: Sequence[str] = CONTRACT_COLUMNS) -> str:
@@ -62,4 +68,22 @@ def folder_hash(folder: str | Path) -> str:
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_fingerprint(root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the source of the computing packages under ``root`` and the versions of the libraries they run on.
+
+    A step's key holds its data and configuration; this holds the code. Without it a fixed loss or a changed
+    training loop would be answered from results an older version cached (the cache outlives checkouts: it lives
+    under the cache dir and Prefect's result storage), and nothing would say so.
+    """
+    digest = hashlib.sha256()
+    for package in COMPUTING_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    for library in COMPUTING_LIBRARIES:
+        digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
     return digest.hexdigest()

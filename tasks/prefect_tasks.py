@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks import registry, reporting, steps
+from tasks import hashing, registry, reporting, steps
 from tasks.records import Evaluation, Registration, StageOutput
 
 if TYPE_CHECKING:
@@ -96,8 +96,10 @@ def load_storage_credentials(block_name: str | None = None) -> bool:
 
 
 def keyed_cache(task_ctx: Any, parameters: Mapping[str, Any]) -> str:
-    """Cache key = the step's ``key`` argument, which the flow derives from data hashes + configuration."""
-    return f"{task_ctx.task.name}-{parameters['key']}"
+    """Cache key = the step's ``key`` argument, which the flow derives from data hashes + configuration, and the
+    code that computes it (:func:`tasks.hashing.code_fingerprint`): an upgraded learner never reuses an older one's
+    results."""
+    return f"{task_ctx.task.name}-{parameters['key']}-{hashing.code_fingerprint()[:16]}"
 
 
 @contextmanager

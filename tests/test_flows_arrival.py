@@ -4,6 +4,7 @@ fusion step without retraining the adapter, and the champion pyfunc scoring rows
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -188,6 +189,38 @@ def test_a_new_registry_never_reads_another_registrys_cached_teacher(mcl, tiny_e
     second_dir = registry.model_folder(second, mcl / "cache" / "registry" / "models")
     assert second_dir != first_dir
     assert folder_hash(second_dir) != folder_hash(first_dir)
+
+
+def test_a_cached_step_is_keyed_on_the_code_that_computes_it(tmp_path, monkeypatch):
+    """The step caches outlive checkouts (cache dir, Prefect's result storage): a learner whose code changed must
+    train again rather than be answered from what an older version cached."""
+    from types import SimpleNamespace
+
+    from tasks import hashing
+    from tasks.prefect_tasks import keyed_cache
+
+    for package in hashing.COMPUTING_PACKAGES:
+        (tmp_path / package / "sub").mkdir(parents=True)
+        (tmp_path / package / "sub" / "loss.py").write_text("WEIGHT = 1.0\n")
+    (tmp_path / "README.md").write_text("docs are not code\n")
+    before = hashing.code_fingerprint(tmp_path)
+    (tmp_path / "README.md").write_text("edited docs\n")
+    hashing.code_fingerprint.cache_clear()
+    assert hashing.code_fingerprint(tmp_path) == before
+    (tmp_path / "models" / "sub" / "loss.py").write_text("WEIGHT = 2.0\n")
+    hashing.code_fingerprint.cache_clear()
+    assert hashing.code_fingerprint(tmp_path) != before
+    real = importlib.metadata.version
+    monkeypatch.setattr(hashing.importlib.metadata, "version", lambda lib: "0.0" if lib == "adapters" else real(lib))
+    changed = hashing.code_fingerprint.__wrapped__(tmp_path)
+    monkeypatch.undo()
+    assert changed != hashing.code_fingerprint(tmp_path)
+
+    step = SimpleNamespace(task=SimpleNamespace(name="train-new-language-adapter"))
+    key = keyed_cache(step, {"key": "data-and-config"})
+    assert key.startswith("train-new-language-adapter-data-and-config-")
+    monkeypatch.setattr(hashing, "code_fingerprint", lambda: "f" * 64)
+    assert keyed_cache(step, {"key": "data-and-config"}) != key
 
 
 def test_gate_failure_registers_a_challenger_and_keeps_the_champion(mcl, tiny_encoder):
