@@ -3,10 +3,10 @@
 ``adapters`` stacks the adapters' outputs and permutes them to (batch, tokens, adapters, hidden)
 before calling ``BertFusion``: a non-contiguous view. ``nn.Linear`` on such a view does not flatten
 it into one matrix product; it falls back to a batched product with the weight expanded per token,
-which on CPU made the fusion's key and value projections over half of a fused forward pass (62 ms
-per layer call at batch 64 x 30 tokens on 2 cores, where one matrix product takes ~4 ms). Copying
-the view once into contiguous memory gives the same arithmetic at the expected cost
-(``benchmarks/bench_fusion_forward.py`` prints the figures).
+which on CPU made the fusion's key and value projections over half of a fused forward pass when
+scoring (62 ms per layer call at batch 64 x 30 tokens on 2 cores). Copying the view once into
+contiguous memory gives the same arithmetic at the expected cost: scoring 1.23-1.35x faster, a
+training step at batch 8 about the same (``benchmarks/bench_fusion_forward.py`` prints the figures).
 """
 
 from __future__ import annotations
