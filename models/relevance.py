@@ -27,9 +27,9 @@ from adapters import AutoAdapterModel, Fuse, SeqBnConfig, Stack
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.adapter_parts import bottleneck_parameters, head_module, load_state, parameters_in, parts, state_of
+from models.contiguous_fusion import use_contiguous_fusion
 from models.device import resolve_device
 from models.folders import write_folder
-from models.contiguous_fusion import use_contiguous_fusion
 from models.fusion_attention import fusion_modules
 from models.pairs import Batch, EncodedPairs, Pairs, TextFormat, mean_pool
 from models.training import predict_proba
