@@ -270,6 +270,36 @@ def test_adapter_methods_share_identical_adapters_and_still_pay_for_them(tiny_en
     assert len(SHARED) == banked + 2 and "reused_seconds" not in other_seed.reports[0].details
 
 
+def test_a_bank_kept_in_a_folder_gives_another_process_the_same_adapter_without_training_it(
+        tiny_encoder, marketplaces, tmp_path, monkeypatch):
+    """What a benchmark worker process sees: a bank of its own on the folder another one filled. It loads the
+    adapter (same weights, the original report with ``reused_seconds``) and trains nothing; a torn file never
+    appears, only whole ones."""
+    from models.methods import adapter_bank
+
+    data, cfg = marketplaces[0], LEARNER.model_copy(update={"seed": 41})
+
+    def new_model() -> RelevanceModel:
+        return RelevanceModel.create(tiny_encoder, text=TextFormat.of(cfg), device="cpu")
+
+    first_model = new_model()
+    trained = adapter_bank.AdapterBank(tmp_path / "bank").train(first_model, data.spec, data.train, data.valid, cfg)
+    assert sorted(p.suffix for p in (tmp_path / "bank").iterdir()) == [".lock", ".pt"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the adapter was trained again")
+
+    monkeypatch.setattr(adapter_bank, "train_language_adapter", no_training)
+    other_model = new_model()
+    loaded = adapter_bank.AdapterBank(tmp_path / "bank").train(other_model, data.spec, data.train, data.valid, cfg)
+    assert loaded.fit == trained.fit and loaded.details["reused_seconds"] == trained.fit.train_seconds > 0
+    for mine, theirs in zip(other_model.marketplace_state("en"), first_model.marketplace_state("en"), strict=True):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(AssertionError, match="trained again"):  # another seed is another adapter
+        adapter_bank.AdapterBank(tmp_path / "bank").train(new_model(), data.spec, data.train, data.valid,
+                                                          cfg.model_copy(update={"seed": 42}))
+
+
 def test_probe_fits_a_separable_problem_and_scores_each_marketplace_with_its_own_head(tiny_encoder, marketplaces):
     from models.methods.probe import fit_logistic, pair_features
 

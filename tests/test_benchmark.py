@@ -147,7 +147,9 @@ def test_the_cpu_preset_names_its_methods_and_all_means_every_method(tmp_path):
     cfg = benchmark_config(ORDER)
     assert cfg.methods == ("ad", "ad-paper", "ad-no-translation", "fusion-no-distill", "adapter-only", "probe",
                            "joint-fusion", "sm")
-    assert cfg.fractions == (0.0, 0.3, 1.0)
+    # the sweep's points are runs of the plan anyway (ad-no-translation, ad), and two one-thread workers share them
+    assert (cfg.fractions, cfg.workers) == ((0.0, 0.3), 2)
+    assert len(plan_runs(cfg, lambda m: m.startswith("ad") and m != "ad-no-translation")) == 2 * len(cfg.methods) + 1
     # 300 pairs at batch 8: 8 epochs (304 steps), chosen on validation in benchmarks/reports/adapter-steps-2cpu
     assert (cfg.learner.adapter.epochs, cfg.learner.adapter.batch_size, cfg.max_train_pairs) == (8, 8, 300)
     # and the fusion 4 epochs (152 steps), ahead of 2 on validation in benchmarks/reports/fusion-knobs-2cpu
@@ -378,6 +380,30 @@ def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch)
     assert second.ran == 1 and len(runner.calls) == 3
     assert [r.seed for r in ResultsFile(tmp_path).read()] == [13, 14]
     assert json.loads(path.read_text().splitlines()[-1])["seed"] == 14
+
+
+def test_two_worker_processes_record_what_one_process_does_and_share_the_adapters(demo_root, tmp_path, monkeypatch,
+                                                                                 tiny_encoder):
+    """The real learner in two spawned workers: the same R matrices as in this process, every record in the file
+    once, and each seed's adapters trained once for both methods (adapter-only reports the very training time
+    of ad's adapters: it loaded them from the bank another process filled)."""
+    _no_translation(monkeypatch)
+    fast = {"epochs": 1, "batch_size": 16}
+    cfg = _cfg(methods=("ad", "adapter-only"), fractions=(), max_train_pairs=48, max_eval_pairs=32,
+               learner={"adapter": fast, "fusion": fast, "max_length": 16, "device": "cpu"})
+    data = BenchmarkData.load(demo_root, cfg)
+    kw = dict(encoder=tiny_encoder, progress=False, translation_cache=tmp_path / "tc")
+    inline = run_benchmark(cfg, data, tmp_path / "inline", **kw)
+    pooled = run_benchmark(cfg.model_copy(update={"workers": 2}), data, tmp_path / "pooled", **kw)
+    assert pooled.ran == 4 and len(ResultsFile(tmp_path / "pooled").read()) == 4
+    for one, two in zip(inline.records, pooled.records, strict=True):
+        assert (one.method, one.seed) == (two.method, two.seed)
+        np.testing.assert_allclose(two.r(), one.r(), atol=1e-6)
+    by_run = {(r.method, r.seed): [s.train_seconds for s in r.stages if s.stage == "adapter"] for r in pooled.records}
+    for seed in (13, 14):
+        assert by_run["adapter-only", seed] == by_run["ad", seed] and len(by_run["ad", seed]) == 3
+    assert by_run["ad", 13] != by_run["ad", 14]
+    assert len(list((tmp_path / "pooled" / "adapters").glob("*/*.pt"))) == 6
 
 
 # --------------------------------------------------------------------------- mcl benchmark

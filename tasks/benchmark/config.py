@@ -55,6 +55,9 @@ class BenchmarkConfig(BaseModel):
                                                                         "on the first order; () skips it.")
     sweep_seeds: int = Field(1, ge=0, description="How many of the seeds the sweep runs for (each point is a whole "
                                                   "ad sequence).")
+    workers: int = Field(1, ge=1, description="Processes the runs are shared out to, the machine's cores split "
+                                              "evenly between them (1: every run in this process). Results do not "
+                                              "depend on it; speed does (tasks/benchmark/workers.py).")
     max_train_pairs: int = Field(300, ge=0, description="Train pairs per marketplace, whole queries, label ratio "
                                                         "kept; 0 = no cap.")
     max_eval_pairs: int = Field(200, ge=0, description="Valid and test pairs per marketplace; 0 = no cap.")

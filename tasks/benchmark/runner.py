@@ -9,7 +9,9 @@ import gc
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ import pandas as pd
 from models.config import BaselinesConfig, LearnerConfig
 from tasks.benchmark.config import BenchmarkConfig, RunSpec, plan_runs
 from tasks.benchmark.results import ResultsFile, RunRecord
+from tasks.benchmark.workers import run_executor
 from tasks.config import build
 from tasks.hashing import table_hash
 from tasks.learner import marketplace_splits, to_pairs, translated_source
@@ -151,7 +154,7 @@ class Translations:
             self.made[key] = (tables, time.perf_counter() - start)
         return self.made[key]
 
-    def for_run(self, spec: RunSpec) -> tuple[Callable | None, float, dict[str, dict[str, int]]]:
+    def for_run(self, spec: RunSpec) -> tuple[TranslatedSets | None, float, dict[str, dict[str, int]]]:
         """The run's ``translated_for``, the seconds spent translating for it and the rows per language."""
         if spec.fraction is None:
             return None, 0.0, {}
@@ -162,16 +165,37 @@ class Translations:
             seconds += spent
             rows[spec.order[t]] = {lang: len(table) for lang, table in tables.items()}
             pairs[spec.order[t]] = {lang: to_pairs(table, translated_source(lang)) for lang, table in tables.items()}
+        return TranslatedSets(pairs), seconds, rows
 
-        def translated_for(data: MarketplaceSplits, old: list[MarketplaceSpec]) -> list[Pairs]:
-            sets = pairs.get(data.spec.id, {})
-            languages = dict.fromkeys(spec_.language for spec_ in old)
-            return [sets[lang] for lang in languages if lang in sets]
 
-        return translated_for, seconds, rows
+@dataclass(frozen=True)
+class TranslatedSets:
+    """One run's ``translated_for``: T_1..T_{t-1} by new marketplace and older language. Plain data, so a worker
+    process receives it whole (a closure would not pickle)."""
+
+    by_arrival: dict[str, dict[str, Pairs]]
+
+    def __call__(self, data: MarketplaceSplits, old: list[MarketplaceSpec]) -> list[Pairs]:
+        sets = self.by_arrival.get(data.spec.id, {})
+        languages = dict.fromkeys(spec_.language for spec_ in old)
+        return [sets[lang] for lang in languages if lang in sets]
 
 
 # --------------------------------------------------------------------------- the loop
+def execute_run(runner: Runner, spec: RunSpec, run_hash: str, encoder: EncoderRef, splits: list[MarketplaceSplits],
+                learner: LearnerConfig, baselines: BaselinesConfig, translated_for: TranslatedSets | None,
+                translation_seconds: float, translated_rows: dict[str, dict[str, int]]) -> RunRecord:
+    """One run, wherever it executes (this process or a worker): the method learns the order, a record comes back."""
+    result = runner(spec.method, encoder, splits, learner, baselines, translated_for=translated_for)
+    record = RunRecord.from_result(spec, run_hash, result, translation_seconds=translation_seconds,
+                                   translated_rows=translated_rows)
+    log.info("%s: average %.4f, BWT %+.4f, forgetting %.4f, %.1f s", spec.label, record.average, record.bwt,
+             record.forgetting, record.train_seconds)
+    del result
+    gc.collect()
+    return record
+
+
 @dataclass
 class BenchmarkRun:
     """What ``run_benchmark`` returns: the plan's records (finished earlier or now) and what it did."""
@@ -205,6 +229,8 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    from tasks.hashing import code_fingerprint
+
     if runner is None:
         from models.methods import run_method as runner
     if translation_cache is None:
@@ -215,9 +241,10 @@ def run_benchmark(
     run_hash = cfg.run_hash(encoder.checksum, data.hashes())
     results = ResultsFile(out)
     finished = results.finished()
-    todo = [s for s in plan if s.key(run_hash) not in finished]
-    log.info("benchmark: %d runs planned, %d already in %s, %d to run", len(plan), len(plan) - len(todo),
-             results.path, len(todo))
+    todo = deque(s for s in plan if s.key(run_hash) not in finished)
+    to_run = len(todo)
+    log.info("benchmark: %d runs planned, %d already in %s, %d to run", len(plan), len(plan) - to_run,
+             results.path, to_run)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / CONFIG_FILE).write_text(json.dumps({
         "config": cfg.model_dump(mode="json"), "run_hash": run_hash, "encoder": {"name": encoder.name, "checksum": encoder.checksum},
@@ -228,32 +255,60 @@ def run_benchmark(
     for spec in plan:
         if spec.key(run_hash) in finished:
             done_as.setdefault(run_identity(spec, *configure(cfg, spec)), finished[spec.key(run_hash)])
-    bar = tqdm(total=len(todo), desc="benchmark", unit="run", disable=not progress or not todo, position=0)
+    bar = tqdm(total=to_run, desc="benchmark", unit="run", disable=not progress or not to_run, position=0)
+
+    def keep(spec: RunSpec, record: RunRecord, identity: str) -> None:
+        results.append(record)
+        done_as.setdefault(identity, record)
+        finished[record.key] = record
+        bar.update(1)
+
+    def as_run_of(spec: RunSpec, identity: str) -> RunRecord:
+        log.info("%s is the run %s (same class, configuration, seed and order): its record, not a rerun",
+                 spec.label, done_as[identity].key)
+        return replace(done_as[identity], key=spec.key(run_hash), method=spec.method, fraction=spec.fraction,
+                       main=spec.main, sweep=spec.sweep)
+
+    in_flight: dict[Future, tuple[RunSpec, str]] = {}
+    twins: dict[str, list[RunSpec]] = {}  # identity of a run in flight -> later specs that are the same run
+    failure: BaseException | None = None
+    # adapters trained by this code (``models/`` and ``tasks/``) for this benchmark, shared by its workers and reruns
+    bank = Path(out) / "adapters" / code_fingerprint()[:16]
     try:
-        for spec in todo:
-            bar.set_postfix_str(spec.label)
-            learner, baselines = configure(cfg, spec)
-            identity = run_identity(spec, learner, baselines)
-            if identity in done_as:
-                record = replace(done_as[identity], key=spec.key(run_hash), method=spec.method, fraction=spec.fraction,
-                                 main=spec.main, sweep=spec.sweep)
-                log.info("%s is the run %s (same class, configuration, seed and order): its record, not a rerun",
-                         spec.label, done_as[identity].key)
-            else:
-                translated_for, seconds, rows = translations.for_run(spec)
-                result = runner(spec.method, encoder, data.splits(spec.order), learner, baselines,
-                                translated_for=translated_for)
-                record = RunRecord.from_result(spec, run_hash, result, translation_seconds=seconds, translated_rows=rows)
-                log.info("%s: average %.4f, BWT %+.4f, forgetting %.4f, %.1f s", spec.label, record.average,
-                         record.bwt, record.forgetting, record.train_seconds)
-                del result
-                gc.collect()
-            results.append(record)
-            done_as.setdefault(identity, record)
-            finished[record.key] = record
-            bar.update(1)
+        with run_executor(cfg.workers, bank) as pool:
+            while todo or in_flight:
+                while todo and len(in_flight) < cfg.workers:
+                    spec = todo.popleft()
+                    learner, baselines = configure(cfg, spec)
+                    identity = run_identity(spec, learner, baselines)
+                    if identity in done_as:
+                        keep(spec, as_run_of(spec, identity), identity)
+                    elif identity in twins:
+                        twins[identity].append(spec)
+                    else:
+                        bar.set_postfix_str(spec.label)
+                        translated_for, seconds, rows = translations.for_run(spec)
+                        future = pool.submit(execute_run, runner, spec, run_hash, encoder, data.splits(spec.order),
+                                             learner, baselines, translated_for, seconds, rows)
+                        in_flight[future] = (spec, identity)
+                        twins[identity] = []
+                if not in_flight:
+                    continue
+                for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
+                    spec, identity = in_flight.pop(future)
+                    try:
+                        keep(spec, future.result(), identity)
+                    except Exception as err:
+                        log.error("%s failed: %s; %d run(s) in flight finish and are recorded, nothing new starts",
+                                  spec.label, err, len(in_flight))
+                        failure, todo = failure or err, deque()
+                        continue
+                    for twin in twins.pop(identity):
+                        keep(twin, as_run_of(twin, identity), identity)
     finally:
         bar.close()
+    if failure is not None:
+        raise failure
     records = [replace(finished[s.key(run_hash)], main=s.main, sweep=s.sweep) for s in plan]
-    return BenchmarkRun(records, ran=len(todo), skipped=len(plan) - len(todo), run_hash=run_hash)
+    return BenchmarkRun(records, ran=to_run, skipped=len(plan) - to_run, run_hash=run_hash)
 
