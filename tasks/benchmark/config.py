@@ -33,7 +33,7 @@ DEFAULT_FRACTIONS = (0.0, 0.1, 0.3, 0.5, 1.0)
 class BenchmarkConfig(BaseModel):
     """Every knob of a benchmark: the plan (which runs), the data caps, and the learner and baselines every run
     derives its configuration from (``method_config``). Presets in ``tasks/presets/benchmark/`` size it: ``cpu``
-    (the default: every method × 2 seeds + the fraction sweep on one seed, about 75 minutes on 2 CPU cores) and
+    (the default: every method × 2 seeds in two worker processes, about 55 minutes on 2 CPU cores) and
     ``quick`` (a few-minute smoke run); a full-scale GPU run raises the caps (0 = none), the epochs and
     ``learner.max_length``.
 

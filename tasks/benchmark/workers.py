@@ -35,14 +35,12 @@ class InlineExecutor(Executor):
 
 
 def _start_worker(threads: int, bank: str | None, levels: dict[str, int]) -> None:
-    """A worker's set-up: its share of the cores, the shared adapter bank, the parent's log levels (its lines carry
-    the worker's name, so two runs' logs can be told apart) and no per-epoch progress bars (two would garble one
-    terminal; the parent's bar counts runs)."""
+    """A worker's set-up: its share of the cores, the shared adapter bank and the parent's log levels (its lines
+    carry the worker's name, so two runs' logs can be told apart)."""
     import torch
 
     from models.methods.adapter_bank import SHARED
 
-    os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
     SHARED.persist_to(None if bank is None else Path(bank))
     logging.basicConfig(level=levels.get("", logging.INFO), format="%(asctime)s %(processName)s %(message)s",
@@ -80,6 +78,11 @@ def run_executor(workers: int, bank: Path | None) -> Iterator[Executor]:
         return
     threads = threads_per_worker(workers)
     log.info("benchmark: %d worker processes, %d torch thread(s) each", workers, threads)
+    # No per-epoch progress bars in the workers: two would garble one terminal (the parent's bar counts runs). tqdm
+    # reads TQDM_DISABLE when it is imported, which in a spawned worker happens before any initializer runs, so the
+    # workers inherit it from this process's environment (they start on demand, while runs are submitted).
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(threads, None if bank is None else str(bank), _log_levels()))
     try:
@@ -87,4 +90,10 @@ def run_executor(workers: int, bank: Path | None) -> Iterator[Executor]:
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
