@@ -382,6 +382,28 @@ def test_a_torn_last_line_reruns_only_that_run(demo_root, tmp_path, monkeypatch)
     assert json.loads(path.read_text().splitlines()[-1])["seed"] == 14
 
 
+def test_a_failed_run_stops_the_plan_keeps_what_finished_and_names_itself(demo_root, tmp_path, monkeypatch, caplog):
+    """A run that raises: the runs that ended are in results.jsonl, nothing new starts, the error reaches the
+    caller, and the log line names the run; the rerun trains only what is missing."""
+    _no_translation(monkeypatch)
+    cfg = _cfg(methods=("seq-ft",), fractions=())
+    data = BenchmarkData.load(demo_root, cfg)
+
+    class Broken(CountingRunner):
+        def __call__(self, name, encoder, marketplaces, learner, baselines=None, translated_for=None):
+            if learner.seed == 14:
+                raise ValueError("out of memory in fusion")
+            return super().__call__(name, encoder, marketplaces, learner, baselines, translated_for)
+
+    kw = dict(encoder=FAKE_ENCODER, translation_uses=_translates, translation_cache=tmp_path / "tc", progress=False)
+    with caplog.at_level("ERROR"), pytest.raises(ValueError, match="out of memory in fusion"):
+        run_benchmark(cfg, data, tmp_path, runner=Broken(), **kw)
+    assert [r.seed for r in ResultsFile(tmp_path).read()] == [13]
+    assert "seq-ft seed 14 order en>es>fr failed: out of memory in fusion" in caplog.text
+    again = CountingRunner()
+    assert run_benchmark(cfg, data, tmp_path, runner=again, **kw).ran == 1 and [c[1] for c in again.calls] == [14]
+
+
 def test_two_worker_processes_record_what_one_process_does_and_share_the_adapters(demo_root, tmp_path, monkeypatch,
                                                                                  tiny_encoder):
     """The real learner in two spawned workers: the same R matrices as in this process, every record in the file
