@@ -257,7 +257,7 @@ def run_benchmark(
             done_as.setdefault(run_identity(spec, *configure(cfg, spec)), finished[spec.key(run_hash)])
     bar = tqdm(total=to_run, desc="benchmark", unit="run", disable=not progress or not to_run, position=0)
 
-    def keep(spec: RunSpec, record: RunRecord, identity: str) -> None:
+    def keep(record: RunRecord, identity: str) -> None:
         results.append(record)
         done_as.setdefault(identity, record)
         finished[record.key] = record
@@ -282,7 +282,7 @@ def run_benchmark(
                     learner, baselines = configure(cfg, spec)
                     identity = run_identity(spec, learner, baselines)
                     if identity in done_as:
-                        keep(spec, as_run_of(spec, identity), identity)
+                        keep(as_run_of(spec, identity), identity)
                     elif identity in twins:
                         twins[identity].append(spec)
                     else:
@@ -297,14 +297,14 @@ def run_benchmark(
                 for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
                     spec, identity = in_flight.pop(future)
                     try:
-                        keep(spec, future.result(), identity)
+                        keep(future.result(), identity)
                     except Exception as err:
                         log.error("%s failed: %s; %d run(s) in flight finish and are recorded, nothing new starts",
                                   spec.label, err, len(in_flight))
                         failure, todo = failure or err, deque()
                         continue
                     for twin in twins.pop(identity):
-                        keep(twin, as_run_of(twin, identity), identity)
+                        keep(as_run_of(twin, identity), identity)
     finally:
         bar.close()
     if failure is not None:
