@@ -88,24 +88,21 @@ class AdapterBank:
               *, checkpoint: Path | None = None) -> StageReport:
         """``train_language_adapter``, or the same adapter copied in when it was trained before."""
         key = _fingerprint(model, spec, train, valid, cfg)
-        if key not in self._store and self.directory is not None:
-            path = self.directory / f"{key}.pt"
-            with _locked(self.directory / f"{key}.lock"):
-                if path.exists():
+        if key not in self._store:
+            path = None if self.directory is None else self.directory / f"{key}.pt"
+            with contextlib.nullcontext() if path is None else _locked(path.with_suffix(".lock")):
+                if path is not None and path.exists():
                     self._store[key] = _load(path)
                 else:
                     report = train_language_adapter(model, spec, train, valid, cfg, checkpoint=checkpoint)
                     self._store[key] = (model.marketplace_state(spec.id), report)
-                    _save(path, self._store[key])
+                    if path is not None:
+                        _save(path, self._store[key])
                     return report
-        if key in self._store:
-            state, report = self._store[key]
-            model.add_marketplace(spec, cfg.reduction_factor)
-            model.load_marketplace_state(spec.id, state)
-            return dataclasses.replace(report, details={**report.details, "reused_seconds": report.fit.train_seconds})
-        report = train_language_adapter(model, spec, train, valid, cfg, checkpoint=checkpoint)
-        self._store[key] = (model.marketplace_state(spec.id), report)
-        return report
+        state, report = self._store[key]
+        model.add_marketplace(spec, cfg.reduction_factor)
+        model.load_marketplace_state(spec.id, state)
+        return dataclasses.replace(report, details={**report.details, "reused_seconds": report.fit.train_seconds})
 
 
 SHARED = AdapterBank()  # one per process; the benchmark points every worker's at one folder (``persist_to``)

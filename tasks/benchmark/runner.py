@@ -23,7 +23,7 @@ from tasks.benchmark.config import BenchmarkConfig, RunSpec, plan_runs
 from tasks.benchmark.results import ResultsFile, RunRecord
 from tasks.benchmark.workers import run_executor
 from tasks.config import build
-from tasks.hashing import table_hash
+from tasks.hashing import code_fingerprint, table_hash
 from tasks.learner import marketplace_splits, to_pairs, translated_source
 from tasks.translation.subset import select_subset
 
@@ -228,8 +228,6 @@ def run_benchmark(
     that translates is its no-translation ablation.
     """
     from tqdm.auto import tqdm
-
-    from tasks.hashing import code_fingerprint
 
     if runner is None:
         from models.methods import run_method as runner
