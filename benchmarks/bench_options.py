@@ -33,9 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from models.config import LearnerConfig  # noqa: E402
 from models.methods import run_method  # noqa: E402
+from models.methods.adapter_bank import SHARED  # noqa: E402
 from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config, method_learner, translating  # noqa: E402
 from tasks.config import BENCHMARK_PRESET, build, parse_overrides, read_preset  # noqa: E402
 from tasks.data import generate_demo  # noqa: E402
+from tasks.hashing import code_fingerprint  # noqa: E402
 from tasks.learner import resolve_settings_encoder  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
 
@@ -46,6 +48,11 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "per-source": (None, ["distill.omega=per-source"]),
     "per-source-no-translation": ("ad-no-translation", ["distill.omega=per-source"]),
     "layer-mean": (None, ["distill.layer_reduction=mean"]),
+    "new-share-0.1": (None, ["distill.new_share=0.1"]),
+    "new-share-0.25": (None, ["distill.new_share=0.25"]),
+    "translated-ce": (None, ["distill.translated_ce=true"]),
+    "output-kd": (None, ["distill.output_weight=1"]),
+    "output-kd-renorm": (None, ["distill.output_weight=1", "distill.omega=renorm"]),
     "lambda-0.3": (None, ["distill.weight=0.3"]),
     "lambda-3": (None, ["distill.weight=3"]),
     "warm": (None, ["distill.warm_start=true"]),
@@ -81,6 +88,7 @@ class Args:
     pairs: int = 400  # train pairs per marketplace (0: all)
     eval_pairs: int = 400  # valid and test pairs per marketplace (0: all)
     out: str = ""
+    bank: str = ""  # a folder for the adapter bank: later runs (other variants, seeds, processes) reuse its adapters
     merge: str = ""  # comma-separated JSON files of earlier runs: print (and --out) their mean ± std table instead
 
 
@@ -95,6 +103,8 @@ def _learner(args: Args, variant: str) -> LearnerConfig:
 def main(args: Args) -> dict:
     settings = get_settings()
     encoder = resolve_settings_encoder(settings)
+    if args.bank:  # keyed by the code that trains adapters, as the benchmark's own bank folder
+        SHARED.persist_to(Path(args.bank) / code_fingerprint()[:16])
     ids = args.order.split(",")
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp()) / "demo"
     if not args.data:

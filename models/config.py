@@ -86,6 +86,19 @@ class DistillConfig(_Config):
                                                     "batch source: the slice on translated T_k batches and the "
                                                     "renormalised slice on D_t batches (so the new adapter's share "
                                                     "on its own language is trained by cross-entropy alone).")
+    new_share: float = Field(0.0, ge=0, lt=1, description="ρ: the share of eq. 9's target on translated batches "
+                                                          "set aside for the new adapter, [(1 − ρ)·Ω_{t-1}, ρ]; 0 is "
+                                                          "eq. 9 (the new adapter's share there is pulled to 0). "
+                                                          "Needs ω slice or per-source.")
+    output_weight: float = Field(0.0, ge=0, description="μ: weight of output distillation on the batches L_AD "
+                                                     "sees, T²·KL(softmax(z_{t-1}/T) ‖ softmax(z_t/T)) between "
+                                                     "M_{t-1}'s and the student's relevance logits (LwF's loss, Li & "
+                                                     "Hoiem 2016); 0: attention distillation alone (the paper).")
+    output_temperature: float = Field(2.0, gt=0, description="T of output distillation (Hinton et al. 2015).")
+    translated_ce: bool = Field(False, description="Cross-entropy on the translated batches too (their labels are "
+                                                   "D_t's: a translation keeps a pair's relevance), so the fusion and "
+                                                   "head also learn the task in the old languages; the paper gives "
+                                                   "them L_AD only.")
     # Chosen on validation (benchmarks/reports/options-2seeds-2cpu), with reduction_factor 8: the sum (eq. 9) starts
     # near 12·ln 2 against a CE of 0.69 at t = 2, and CE and L_AD share Adam's moments and the gradient clip.
     layer_reduction: LayerReduction = Field("mean", description="L_AD over the fusion layers: their mean, or their "
@@ -98,6 +111,13 @@ class DistillConfig(_Config):
                                                   "reuse it every epoch.")
     regularization: bool = Field(True, description="AdapterFusion's value-matrix regulariser (added by hand: only "
                                                    "AdapterTrainer applies it).")
+
+    @model_validator(mode="after")
+    def _new_share_needs_slice(self) -> DistillConfig:
+        if self.new_share and self.omega == "renorm":
+            raise ValueError("new_share sets the new adapter's part of the raw-slice target; omega='renorm' has "
+                             "none (use omega='slice' or 'per-source')")
+        return self
 
 
 class TranslationConfig(_Config):

@@ -20,12 +20,13 @@ import torch
 
 from models.adapter_parts import head_module, load_state, state_of
 from models.config import DistillConfig, LearnerConfig
+from models.distill_losses import soft_target_loss
 from models.fusion_attention import FusionAttentionRecorder, fusion_modules
 from models.losses import attention_distillation_loss, relevance_loss
 from models.metrics import roc_auc
 from models.pairs import TASK_SOURCE, Batch, EncodedPairs, Pairs, batches
 from models.relevance import MarketplaceSpec, RelevanceModel, fusion_name
-from models.teacher import TeacherAttention
+from models.teacher import TeacherAttention, TeacherPredictions
 from models.training import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,16 @@ def distillation_loss(
     teacher: TeacherAttention,
     distill: DistillConfig,
     distill_task: bool,
+    predictions: TeacherPredictions | None = None,
 ) -> Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]:
     """Stage 3's per-batch loss, routed by the batch's source.
 
     D_t batches: cross-entropy (+ λ·L_AD when ``distill_task``, the no-translation variant);
-    translated batches: λ·L_AD only, since their labels belong to D_t's text, not to what the
-    old marketplaces taught; every batch: the fusion value regulariser. With ``omega="per-source"``
+    translated batches: λ·L_AD only as in the paper (the old marketplaces' behaviour is what the
+    teacher's attention carries), or also cross-entropy with ``translated_ce``; every batch: the
+    fusion value regulariser. ``predictions`` (M_{t-1}'s logits) add μ·output distillation wherever
+    L_AD applies: attention distillation keeps the old routing but not the head, which D_t's
+    cross-entropy moves. With ``omega="per-source"``
     ω is the raw slice on translated batches and renormalised on D_t batches; a renormalised ω over a
     single old adapter is 1 whatever the student does, so that term is left out rather than computed
     as an exact zero whose rounding noise Adam would amplify.
@@ -133,15 +138,22 @@ def distillation_loss(
             logits = model.logits(batch, student)
         parts: dict[str, float] = {}
         total = torch.zeros((), device=logits.device)
-        if batch.source == TASK_SOURCE:
+        if batch.source == TASK_SOURCE or distill.translated_ce:
             ce = relevance_loss(logits, batch.labels)
             total = total + ce
             parts["ce"] = float(ce.detach())
         omega = omega_for(batch)
         constant = omega == "renorm" and teacher.num_old == 1
-        if distill.weight > 0 and (batch.source != TASK_SOURCE or distill_task) and not constant:
+        distilled = batch.source != TASK_SOURCE or distill_task
+        if predictions is not None and distilled:
+            kd = soft_target_loss(logits, predictions.for_batch(batch), torch.ones_like(batch.labels),
+                                  distill.output_temperature)
+            total = total + distill.output_weight * kd
+            parts["kd"] = float(kd.detach())
+        if distill.weight > 0 and distilled and not constant:
             ad = attention_distillation_loss(teacher.for_batch(batch), student_scores, batch.attention_mask,
-                                             omega, distill.layer_reduction)
+                                             omega, distill.layer_reduction,
+                                             new_share=distill.new_share if omega == "slice" else 0.0)
             total = total + distill.weight * ad
             parts["ad"] = float(ad.detach())
         if distill.regularization:
@@ -188,8 +200,12 @@ def distill_fusion(
     extra = [model.encode(p) for p in translated]
     if distill.cache_teacher and distill.weight > 0:
         teacher.build_cache(extra or [task], cfg.eval_batch_size)
+    predictions = None
+    if distill.output_weight > 0:
+        predictions = TeacherPredictions(model, previous_head, cfg.precision)
+        predictions.build_cache(extra or [task], cfg.eval_batch_size)
     kept = kept_valid if learner.early_stopping == "kept" else None
-    result = _train_fusion(model, student, teacher, task, extra, valid, learner, checkpoint, kept)
+    result = _train_fusion(model, student, teacher, task, extra, valid, learner, checkpoint, kept, predictions)
     if teacher_fusion is not None:
         model.remove_fusion(teacher_fusion)
     model.fusion = student
@@ -252,6 +268,7 @@ def _train_fusion(
     learner: LearnerConfig,
     checkpoint: Path | None,
     kept_valid: Mapping[str, Pairs] | None = None,
+    predictions: TeacherPredictions | None = None,
 ) -> FitResult:
     """Stage 3's training, shared by an arrival and a retraining: only the student fusion and its head learn."""
     cfg, distill = learner.fusion, learner.distill
@@ -261,7 +278,7 @@ def _train_fusion(
     model.activate(student)
     pad = model.tokenizer.pad_token_id
     distill_task = not extra  # paper §4.2: no translations, so D_t itself carries L_AD
-    loss_fn = distillation_loss(model, student, recorder, teacher, distill, distill_task)
+    loss_fn = distillation_loss(model, student, recorder, teacher, distill, distill_task, predictions)
     steps = _steps(task, cfg.batch_size) + sum(_steps(s, cfg.batch_size) for s in extra)
     result = fit(
         model.net, params,

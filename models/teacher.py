@@ -8,8 +8,9 @@ teacher forward pass from every epoch after the first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -19,6 +20,55 @@ from models.pairs import Batch, EncodedPairs, batches
 from models.relevance import RelevanceModel
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def as_teacher(model: RelevanceModel, setup: str) -> Iterator[str]:
+    """Route through M_{t-1}'s ``setup`` in eval mode (yields its head), then give the student back its mode and
+    routing: the teacher runs inside the student's training loop."""
+    net = model.net
+    was_training, previous = net.training, net.active_adapters
+    net.eval()
+    try:
+        yield model.activate(setup)
+    finally:
+        net.train(was_training)
+        if previous is not None:
+            net.set_active_adapters(previous)
+
+
+class TeacherPredictions:
+    """M_{t-1}'s relevance logits (batch, 2), computed once per example and reused every epoch.
+
+    ``setup`` is the teacher's fusion, or its only adapter at t = 2. Output distillation needs these on the same
+    batches L_AD sees; like Ω they are constants of a fixed example, so caching them costs two floats an example.
+    """
+
+    def __init__(self, model: RelevanceModel, setup: str, precision: str = "auto") -> None:
+        self.model = model
+        self.setup = setup
+        self.precision = precision
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def compute(self, batch: Batch) -> torch.Tensor:
+        with as_teacher(self.model, self.setup) as head, autocast(self.model.device, self.precision):
+            return self.model.logits(batch, head).float()
+
+    def build_cache(self, data: Sequence[EncodedPairs], batch_size: int) -> None:
+        pad = self.model.tokenizer.pad_token_id
+        for split in data:
+            logits = torch.empty(len(split), 2)
+            for batch in batches(split, batch_size, pad, shuffle=False):
+                logits[batch.index] = self.compute(batch.to(self.model.device)).cpu()
+            self._cache[split.source] = logits
+            log.info("teacher predictions cached for %d examples of %s", len(split), split.source)
+
+    def for_batch(self, batch: Batch) -> torch.Tensor:
+        cached = self._cache.get(batch.source)
+        if cached is None:
+            return self.compute(batch)
+        return cached[batch.index.cpu()].to(batch.input_ids.device)
 
 
 class TeacherAttention:
@@ -44,18 +94,10 @@ class TeacherAttention:
         if self.recorder is None:
             ones = torch.ones(*batch.input_ids.shape, 1, device=batch.input_ids.device)
             return [ones for _ in range(self.num_layers)]
-        net = self.model.net
-        was_training, previous = net.training, net.active_adapters
-        net.eval()
-        head = self.model.activate(self.teacher_fusion)
-        try:
-            with self.recorder.record() as scores, autocast(self.model.device, self.precision):
-                self.model.logits(batch, head)
-            return [s.float() for s in scores]
-        finally:
-            net.train(was_training)
-            if previous is not None:
-                net.set_active_adapters(previous)
+        with as_teacher(self.model, self.teacher_fusion) as head, self.recorder.record() as scores, \
+                autocast(self.model.device, self.precision):
+            self.model.logits(batch, head)
+        return [s.float() for s in scores]
 
     def build_cache(self, data: Sequence[EncodedPairs], batch_size: int) -> None:
         """Ω for every example of ``data``, stored per source as (layers, real tokens, t-1) fp16."""

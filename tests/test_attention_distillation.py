@@ -121,6 +121,9 @@ def test_batches_are_routed_by_source(tiny_encoder):
     assert set(task_parts) == {"ce", "reg"}
     assert set(translated_parts) == {"ad", "reg"}
     assert set(variant_parts) == {"ce", "ad", "reg"}
+    labelled = distillation_loss(model, student, recorder, teacher, DistillConfig(translated_ce=True), False)
+    assert set(labelled(_batch(model, "translated:en"))[1]) == {"ce", "ad", "reg"}
+    assert set(labelled(_batch(model, "task"))[1]) == {"ce", "reg"}
 
 
 def test_teacher_cache_equals_recomputation(tiny_encoder):
@@ -250,3 +253,106 @@ def test_early_stopping_can_watch_every_kept_validation_set(tiny_encoder):
     expected = np.mean([roc_auc(p.labels, model.predict_proba(p)) for p in (valid, kept["en"])])
     assert report.fit.best_metric == pytest.approx(expected, abs=1e-9)
     assert report.fit.best_metric != pytest.approx(roc_auc(valid.labels, model.predict_proba(valid)), abs=1e-9)
+
+
+def test_new_share_sets_part_of_the_target_aside_for_the_new_adapter():
+    """ρ = 0 is eq. 9 to the bit; ρ > 0 is the KL to [(1 − ρ)·Ω, ρ], zero exactly when the student gives the new
+    adapter ρ and the old adapters the teacher's weighting of the rest, and the new adapter's share is pulled
+    towards ρ from both sides instead of towards 0."""
+    teacher = [torch.tensor([[[0.25, 0.75]]])]
+    student = [torch.tensor([[[0.2, 0.5, 0.3]]])]
+    mask = torch.ones(1, 1)
+    eq9 = attention_distillation_loss(teacher, student, mask, "slice", "sum")
+    assert attention_distillation_loss(teacher, student, mask, "slice", "sum", new_share=0.0).item() == eq9.item()
+    rho = 0.2
+    target = [0.25 * (1 - rho), 0.75 * (1 - rho), rho]
+    by_hand = sum(p * math.log(p / q) for p, q in zip(target, [0.2, 0.5, 0.3], strict=True))
+    assert attention_distillation_loss(teacher, student, mask, "slice", "sum", new_share=rho).item() == pytest.approx(
+        by_hand, rel=1e-5)
+    agree = [torch.tensor([[target]])]
+    assert attention_distillation_loss(teacher, agree, mask, "slice", "sum", new_share=rho).item() == pytest.approx(
+        0.0, abs=1e-6)
+
+    def share_gradient(share: float) -> float:
+        logits = torch.log(torch.tensor([[[0.25 * (1 - share), 0.75 * (1 - share), share]]])).requires_grad_()
+        attention_distillation_loss(teacher, [logits.softmax(-1)], mask, "slice", "sum", new_share=rho).backward()
+        return float(logits.grad[0, 0, 2])
+
+    assert share_gradient(0.05) < 0 < share_gradient(0.5)  # descent raises a share below ρ and lowers one above it
+
+
+def test_new_share_needs_the_raw_slice():
+    teacher, student, mask = [torch.full((1, 1, 2), 0.5)], [torch.full((1, 1, 3), 1 / 3)], torch.ones(1, 1)
+    with pytest.raises(ValueError, match="renorm has none"):
+        attention_distillation_loss(teacher, student, mask, "renorm", "sum", new_share=0.2)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        attention_distillation_loss(teacher, student, mask, "slice", "sum", new_share=1.0)
+    with pytest.raises(ValueError, match="omega='renorm' has none"):
+        DistillConfig(omega="renorm", new_share=0.2)
+    assert DistillConfig(omega="per-source", new_share=0.2).new_share == 0.2
+
+
+def test_new_share_reaches_translated_batches_and_not_the_renormalised_task_batches(tiny_encoder):
+    model, student, recorder, teacher = _distillation_setup(tiny_encoder)
+    cfg = DistillConfig(regularization=False)
+    aside = cfg.model_copy(update={"new_share": 0.25})
+    translated, task = _batch(model, "translated:en"), _batch(model, "task")
+    model.net.eval()  # no dropout: the same forward pass under both configurations
+
+    def ad(distill: DistillConfig, batch, distill_task: bool = False) -> float:
+        return distillation_loss(model, student, recorder, teacher, distill, distill_task)(batch)[1]["ad"]
+
+    with torch.no_grad(), recorder.record() as scores:
+        model.logits(translated, student)
+    expected = attention_distillation_loss(teacher.for_batch(translated), scores, translated.attention_mask,
+                                           "slice", cfg.layer_reduction, new_share=0.25)
+    assert ad(aside, translated) == pytest.approx(expected.item(), rel=1e-5)
+    assert ad(aside, translated) != pytest.approx(ad(cfg, translated), rel=1e-3)
+    assert ad(aside, task, distill_task=True) == pytest.approx(ad(cfg, task, distill_task=True), rel=1e-6)
+
+
+def test_output_distillation_follows_l_ad_and_compares_with_the_teachers_own_predictions(tiny_encoder):
+    from models.distill_losses import soft_target_loss
+    from models.teacher import TeacherPredictions
+
+    model, student, recorder, teacher = _distillation_setup(tiny_encoder)
+    predictions = TeacherPredictions(model, "en,es")
+    translated = encode_pairs(make_pairs("es", 10, 9, source="translated:en"), model.tokenizer, model.max_length)
+    predictions.build_cache([translated], batch_size=4)
+    batch = PadCollator(model.tokenizer.pad_token_id, "translated:en")([translated[i] for i in (7, 2, 5)])
+    assert model.net.active_adapters.name == student and model.net.training, "the teacher must hand routing back"
+    model.net.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # a student head far from the teacher's, so the divergence is not rounding noise
+        for name, param in model.net.named_parameters():
+            if name.startswith(f"heads.{student}."):
+                param.add_(torch.randn_like(param))
+    head = model.activate("en,es")
+    with torch.no_grad():
+        own = model.logits(batch, head).float()
+        model.activate(student)
+        student_logits = model.logits(batch, student).float()
+    assert predictions.for_batch(batch) == pytest.approx(own, abs=1e-5)  # cached rows = the teacher run now
+    cfg = DistillConfig(output_weight=0.5, output_temperature=2.0, regularization=False)
+    loss_fn = distillation_loss(model, student, recorder, teacher, cfg, False, predictions)
+    total, parts = loss_fn(batch)
+    expected = soft_target_loss(student_logits, own, torch.ones(3), 2.0)
+    p, q = torch.softmax(own.double() / 2, -1), torch.softmax(student_logits.double() / 2, -1)
+    assert expected.item() == pytest.approx(4 * float((p * (p / q).log()).sum(-1).mean()), rel=1e-4)
+    assert expected.item() > 1e-3 and parts["kd"] == pytest.approx(expected.item(), rel=1e-4)
+    assert total.item() == pytest.approx(parts["ad"] + 0.5 * parts["kd"], rel=1e-5)
+    assert "kd" not in loss_fn(_batch(model, "task"))[1]  # D_t batches: cross-entropy, as for L_AD
+
+
+def test_an_arrival_with_output_distillation_records_it_and_leaves_the_teacher_out(tiny_encoder):
+    from models.stages import distill_fusion
+
+    model = RelevanceModel.create(tiny_encoder, text=TextFormat.raw(24), device="cpu")
+    for lang in ("en", "es"):
+        model.add_marketplace(MarketplaceSpec(lang, lang))
+    learner = LearnerConfig(fusion={"epochs": 1, "batch_size": 8, "learning_rate": 1e-2},
+                            distill={"output_weight": 1.0})
+    report = distill_fusion(model, make_pairs("es", 16, 5), make_pairs("es", 8, 6),
+                            [make_pairs("en", 16, 7, source="translated:en")], learner)
+    assert report.fit.history[0]["kd"] > 0 and report.details["distill"]["output_weight"] == 1.0
+    assert model.fusion == "en,es" and model.adapter_names == ["en", "es"]
