@@ -86,6 +86,9 @@ class DistillConfig(_Config):
                                                     "batch source: the slice on translated T_k batches and the "
                                                     "renormalised slice on D_t batches (so the new adapter's share "
                                                     "on its own language is trained by cross-entropy alone).")
+    # new_share, output_weight and translated_ce are off: none beat these defaults on validation over demo and
+    # taxonomy x 2 seeds; the two that give each new adapter >= 0.25 of its language's attention (new_share 0.25,
+    # output_weight 1 with omega renorm) lose 0.004-0.012 on 7 of 8 runs (benchmarks/reports/distill-extensions-2cpu).
     new_share: float = Field(0.0, ge=0, lt=1, description="ρ: the share of eq. 9's target on translated batches "
                                                           "set aside for the new adapter, [(1 − ρ)·Ω_{t-1}, ρ]; 0 is "
                                                           "eq. 9 (the new adapter's share there is pulled to 0). "
