@@ -96,7 +96,8 @@ class DistillConfig(_Config):
     output_weight: float = Field(0.0, ge=0, description="μ: weight of output distillation on the batches L_AD "
                                                      "sees, T²·KL(softmax(z_{t-1}/T) ‖ softmax(z_t/T)) between "
                                                      "M_{t-1}'s and the student's relevance logits (LwF's loss, Li & "
-                                                     "Hoiem 2016); 0: attention distillation alone (the paper).")
+                                                     "Hoiem 2016); 0: attention distillation alone (the paper). "
+                                                     "Arrivals only: a retraining re-distils attention alone.")
     output_temperature: float = Field(2.0, gt=0, description="T of output distillation (Hinton et al. 2015).")
     translated_ce: bool = Field(False, description="Cross-entropy on the translated batches too (their labels are "
                                                    "D_t's: a translation keeps a pair's relevance), so the fusion and "
