@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 from models.config import LearnerConfig  # noqa: E402
 from models.methods import run_method  # noqa: E402
 from models.methods.adapter_bank import SHARED  # noqa: E402
-from tasks.benchmark import BenchmarkData, RunSpec, Translations, benchmark_config, method_learner, translating  # noqa: E402
+from tasks.benchmark import (  # noqa: E402
+    BenchmarkData, RunSpec, Translations, adapter_bank_folder, benchmark_config, method_learner, translating)
 from tasks.config import BENCHMARK_PRESET, build, parse_overrides, read_preset  # noqa: E402
 from tasks.data import generate_demo  # noqa: E402
-from tasks.hashing import code_fingerprint  # noqa: E402
 from tasks.learner import resolve_settings_encoder  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
 
@@ -103,8 +103,8 @@ def _learner(args: Args, variant: str) -> LearnerConfig:
 def main(args: Args) -> dict:
     settings = get_settings()
     encoder = resolve_settings_encoder(settings)
-    if args.bank:  # keyed by the code that trains adapters, as the benchmark's own bank folder
-        SHARED.persist_to(Path(args.bank) / code_fingerprint()[:16])
+    if args.bank:
+        SHARED.persist_to(adapter_bank_folder(Path(args.bank)))
     ids = args.order.split(",")
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp()) / "demo"
     if not args.data:

@@ -121,8 +121,9 @@ def distillation_loss(
     translated batches: λ·L_AD only as in the paper (the old marketplaces' behaviour is what the
     teacher's attention carries), or also cross-entropy with ``translated_ce``; every batch: the
     fusion value regulariser. ``predictions`` (M_{t-1}'s logits) add μ·output distillation wherever
-    L_AD applies: attention distillation keeps the old routing but not the head, which D_t's
-    cross-entropy moves. With ``omega="per-source"``
+    L_AD applies, to test whether the head, which D_t's cross-entropy moves and L_AD does not hold,
+    is what the old marketplaces lose (on the demo data it was not:
+    benchmarks/reports/distill-extensions-2cpu). With ``omega="per-source"``
     ω is the raw slice on translated batches and renormalised on D_t batches; a renormalised ω over a
     single old adapter is 1 whatever the student does, so that term is left out rather than computed
     as an exact zero whose rounding noise Adam would amplify.

@@ -29,6 +29,7 @@ from tasks.benchmark.runner import (
     BenchmarkData,
     BenchmarkRun,
     Translations,
+    adapter_bank_folder,
     cap_table,
     method_config,
     method_learner,
@@ -40,7 +41,7 @@ from tasks.benchmark.summary import BenchmarkSummary, mean_std, summarise
 __all__ = [
     "AD_METHOD", "DEFAULT_FRACTIONS", "FULL_FINE_TUNING", "PLAIN_FUSION", "RESULTS_FILE", "BenchmarkConfig",
     "BenchmarkData", "BenchmarkRun", "BenchmarkSummary", "ResultsFile", "RunRecord", "RunSpec", "StageRecord",
-    "Translations", "cap_table", "check_methods", "log_report_to_mlflow", "mean_std", "method_config",
-    "method_names", "plan_runs", "random_orders", "report_markdown", "run_benchmark", "summarise",
+    "Translations", "adapter_bank_folder", "cap_table", "check_methods", "log_report_to_mlflow", "mean_std",
+    "method_config", "method_names", "plan_runs", "random_orders", "report_markdown", "run_benchmark", "summarise",
     "benchmark_config", "method_learner", "translating", "write_report",
 ]

@@ -83,6 +83,12 @@ def run_identity(spec: RunSpec, learner: LearnerConfig, baselines: BaselinesConf
 
 
 # --------------------------------------------------------------------------- data
+def adapter_bank_folder(root: Path) -> Path:
+    """Where the adapters this code (``models/`` and ``tasks/``) trains are kept under ``root``: a code change gets
+    a fresh folder, so a bank never hands out adapters an older trainer made."""
+    return Path(root) / code_fingerprint()[:16]
+
+
 def cap_table(table: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     """At most about ``limit`` rows: whole queries, the label ratio kept (the translation subset's sampler)."""
     if not limit or len(table) <= limit:
@@ -270,8 +276,7 @@ def run_benchmark(
     in_flight: dict[Future, tuple[RunSpec, str]] = {}
     twins: dict[str, list[RunSpec]] = {}  # identity of a run in flight -> later specs that are the same run
     failure: BaseException | None = None
-    # adapters trained by this code (``models/`` and ``tasks/``) for this benchmark, shared by its workers and reruns
-    bank = Path(out) / "adapters" / code_fingerprint()[:16]
+    bank = adapter_bank_folder(Path(out) / "adapters")  # shared by this benchmark's workers and reruns
     try:
         with run_executor(cfg.workers, bank) as pool:
             while todo or in_flight:
