@@ -92,12 +92,12 @@ class Args:
     merge: str = ""  # comma-separated JSON files of earlier runs: print (and --out) their mean ± std table instead
 
 
-def _learner(args: Args, variant: str) -> LearnerConfig:
-    preset, overrides = VARIANTS[variant]
-    start = {} if args.preset else read_preset(BENCHMARK_PRESET, "benchmark").get("learner", {})
-    base = build(LearnerConfig, base=start, preset=args.preset or None,
-                 overrides=[s for s in args.set.split(",") if s])
-    return build(LearnerConfig, base=base.model_dump(), preset=preset, overrides=parse_overrides(overrides))
+def variant_learner(preset: str, overrides: str, variant: str) -> LearnerConfig:
+    """``variant`` on top of ``preset`` (empty: the benchmark's learner) and the comma-separated ``overrides``."""
+    extra, variant_overrides = VARIANTS[variant]
+    start = {} if preset else read_preset(BENCHMARK_PRESET, "benchmark").get("learner", {})
+    base = build(LearnerConfig, base=start, preset=preset or None, overrides=[s for s in overrides.split(",") if s])
+    return build(LearnerConfig, base=base.model_dump(), preset=extra, overrides=parse_overrides(variant_overrides))
 
 
 def main(args: Args) -> dict:
@@ -114,7 +114,7 @@ def main(args: Args) -> dict:
     translations = Translations(data, cfg.learner.translation.backend, settings.cache_dir / "translations")
     results = {}
     for name in args.variants.split(","):
-        learner = method_learner(_learner(args, name), args.method)  # the method's own preset, as the benchmark
+        learner = method_learner(variant_learner(args.preset, args.set, name), args.method)  # the method's own preset, as the benchmark
         fraction = learner.translation.fraction if translating(args.method) else 0
         translated_for, translate_seconds, rows = translations.for_run(
             RunSpec(args.method, learner.seed, tuple(ids), fraction if fraction > 0 else None))

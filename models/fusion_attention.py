@@ -69,11 +69,32 @@ class FusionAttentionRecorder:
                 handle.remove()
 
 
-@torch.no_grad()
-def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Mean fusion attention each adapter receives on each marketplace's text (over layers and real tokens).
+@contextmanager
+def attention_restricted(model: RelevanceModel, first: int) -> Iterator[None]:
+    """Inside the block the fusion attends to its first ``first`` adapters only: the others' scores are -inf
+    before the softmax. Scores an old marketplace by the adapters it had when it was learned, to measure what the
+    newer adapters' share costs it (``benchmarks/bench_routing.py``); a hook on the same dropout module the
+    recorder reads, registered first so a recorder sees the restricted scores."""
 
-    The question a reviewer asks of a fused model: does Spanish text lean on the Spanish adapter?
+    def restrict(_dropout: nn.Module, _inputs: tuple, scores: torch.Tensor) -> torch.Tensor:
+        restricted = scores.clone()
+        restricted[..., first:] = float("-inf")
+        return restricted
+
+    handles = [m.dropout.register_forward_hook(restrict) for m in fusion_modules(model.net, model.fusion)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def fusion_attention_by_layer(model: RelevanceModel, tests: dict[str, Pairs],
+                              batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Mean fusion attention per layer, (layers, adapters), on each marketplace's text (over real tokens).
+
+    The layer mean can hide routing that some layers do; ``benchmarks/bench_routing.py`` reads the layers.
     """
     if model.fusion is None:
         return {}
@@ -82,7 +103,7 @@ def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], bat
     model.net.eval()
     profile = {}
     for mid, pairs in tests.items():
-        total = torch.zeros(len(model.adapter_names), dtype=torch.float64)
+        total = torch.zeros(recorder.num_layers, len(model.adapter_names), dtype=torch.float64)
         count = 0.0
         data = model.encode(pairs)
         for batch in batches(data, batch_size, model.tokenizer.pad_token_id, shuffle=False):
@@ -90,8 +111,17 @@ def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], bat
             with recorder.record() as scores:
                 model.logits(batch, head)
             mask = batch.attention_mask.unsqueeze(-1).double()
-            for layer in scores:
-                total += (layer.double() * mask).sum(dim=(0, 1)).cpu()
-                count += float(mask.sum())
-        profile[mid] = {name: float(v) for name, v in zip(model.adapter_names, total / max(count, 1.0), strict=True)}
+            for i, layer in enumerate(scores):
+                total[i] += (layer.double() * mask).sum(dim=(0, 1)).cpu()
+            count += float(mask.sum())
+        profile[mid] = total / max(count, 1.0)
     return profile
+
+
+def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Mean fusion attention each adapter receives on each marketplace's text (over layers and real tokens).
+
+    The question a reviewer asks of a fused model: does Spanish text lean on the Spanish adapter?
+    """
+    return {mid: {name: float(v) for name, v in zip(model.adapter_names, layers.mean(dim=0), strict=True)}
+            for mid, layers in fusion_attention_by_layer(model, tests, batch_size).items()}

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.adapter_parts import head_module
 from models.config import DistillConfig, LearnerConfig
-from models.fusion_attention import FusionAttentionRecorder
+from models.fusion_attention import (
+    FusionAttentionRecorder, attention_restricted, fusion_attention_by_layer, fusion_attention_profile)
 from models.losses import attention_distillation_loss
 from models.pairs import PadCollator, TextFormat, encode_pairs
 from models.relevance import MarketplaceSpec, RelevanceModel
@@ -356,3 +358,30 @@ def test_an_arrival_with_output_distillation_records_it_and_leaves_the_teacher_o
                             [make_pairs("en", 16, 7, source="translated:en")], learner)
     assert report.fit.history[0]["kd"] > 0 and report.details["distill"]["output_weight"] == 1.0
     assert model.fusion == "en,es" and model.adapter_names == ["en", "es"]
+
+
+def test_restricted_attention_serves_an_old_marketplace_through_its_own_adapter_alone(tiny_encoder):
+    """bench_routing.py's instrument: restricted to A_1, a fusion whose value matrices are the identity and whose
+    head is A_1's scores exactly as A_1 alone; outside the block the learned attention is back."""
+    model = _fused_two_marketplace_model(tiny_encoder)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.net.named_parameters():
+            if "adapter_fusion_layer.en,es." in name and ".value." in name:
+                p.copy_(torch.eye(p.shape[0]))
+            elif ".adapters.en." in name or ".adapters.es." in name or name.startswith("heads.en."):
+                p.add_(0.5 * torch.randn_like(p))  # adapters that change the output, and differ
+    head_module(model.net, model.fusion).load_state_dict(head_module(model.net, "en").state_dict())
+    pairs = make_pairs("en", 8, 5)
+    learned = fusion_attention_by_layer(model, {"en": pairs})["en"]
+    assert learned.shape == (model.net.config.num_hidden_layers, 2)
+    assert torch.allclose(learned.sum(dim=-1), torch.ones(learned.shape[0], dtype=learned.dtype))
+    assert learned[:, 1].min() > 0.01  # the fusion gives es a share
+    assert fusion_attention_profile(model, {"en": pairs})["en"]["es"] == pytest.approx(float(learned[:, 1].mean()))
+    alone = model.predict_proba(pairs, setup="en")
+    assert np.abs(model.predict_proba(pairs) - alone).max() > 1e-3
+    with attention_restricted(model, 1):
+        restricted = fusion_attention_by_layer(model, {"en": pairs})["en"]
+        np.testing.assert_allclose(model.predict_proba(pairs), alone, atol=1e-5)
+    assert torch.equal(restricted[:, 1], torch.zeros_like(restricted[:, 1]))
+    assert torch.allclose(fusion_attention_by_layer(model, {"en": pairs})["en"], learned)
