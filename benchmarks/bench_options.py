@@ -22,8 +22,10 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import HfArgumentParser
@@ -31,7 +33,8 @@ from transformers import HfArgumentParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.config import LearnerConfig  # noqa: E402
+from models.config import BaselinesConfig, LearnerConfig  # noqa: E402
+from models.encoders import EncoderRef  # noqa: E402
 from models.methods import run_method  # noqa: E402
 from models.methods.adapter_bank import SHARED  # noqa: E402
 from tasks.benchmark import (  # noqa: E402
@@ -100,9 +103,20 @@ def variant_learner(preset: str, overrides: str, variant: str) -> LearnerConfig:
     return build(LearnerConfig, base=base.model_dump(), preset=extra, overrides=parse_overrides(variant_overrides))
 
 
-def main(args: Args) -> dict:
+@dataclass(frozen=True)
+class Inputs:
+    encoder: EncoderRef
+    ids: list[str]
+    data: BenchmarkData
+    translations: Translations
+    baselines: BaselinesConfig
+
+
+def benchmark_inputs(args: Any) -> Inputs:
+    """What every run of these scripts starts from, as ``mcl benchmark`` would: the encoder, the marketplace order,
+    the data capped to ``args.pairs``/``args.eval_pairs`` (generated demo data without ``args.data``), its
+    translations, and the adapter bank kept under ``args.bank``."""
     settings = get_settings()
-    encoder = resolve_settings_encoder(settings)
     if args.bank:
         SHARED.persist_to(adapter_bank_folder(Path(args.bank)))
     ids = args.order.split(",")
@@ -112,6 +126,12 @@ def main(args: Args) -> dict:
     cfg = benchmark_config(ids, ["ad"], max_train_pairs=args.pairs, max_eval_pairs=args.eval_pairs)
     data = BenchmarkData.load(root, cfg)
     translations = Translations(data, cfg.learner.translation.backend, settings.cache_dir / "translations")
+    return Inputs(resolve_settings_encoder(settings), ids, data, translations, cfg.baselines)
+
+
+def main(args: Args) -> dict:
+    inputs = benchmark_inputs(args)
+    encoder, ids, data, translations = inputs.encoder, inputs.ids, inputs.data, inputs.translations
     results = {}
     for name in args.variants.split(","):
         learner = method_learner(variant_learner(args.preset, args.set, name), args.method)  # the method's own preset, as the benchmark
@@ -119,7 +139,8 @@ def main(args: Args) -> dict:
         translated_for, translate_seconds, rows = translations.for_run(
             RunSpec(args.method, learner.seed, tuple(ids), fraction if fraction > 0 else None))
         t0 = time.perf_counter()
-        result = run_method(args.method, encoder, data.splits(ids), learner, cfg.baselines, translated_for=translated_for)
+        result = run_method(args.method, encoder, data.splits(ids), learner, inputs.baselines,
+                            translated_for=translated_for)
         r = np.asarray(result.metrics.matrix)
         drift = [float(r[-1, k] - r[k, k]) for k in range(len(ids) - 1)]
         m = result.metrics
@@ -181,12 +202,18 @@ def merge(files: list[str]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    (parsed,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+def run_or_merge(args_type: type, run: Callable[[Any], object], merge_runs: Callable[[list[str]], str]) -> None:
+    """The command line of a benchmark that writes one JSON per run and merges runs into a table: ``--merge
+    a.json,b.json`` prints (and ``--out`` writes) the table; otherwise the arguments go to ``run``."""
+    (parsed,) = HfArgumentParser(args_type).parse_args_into_dataclasses()
     if parsed.merge:
-        table = merge(parsed.merge.split(","))
+        table = merge_runs(parsed.merge.split(","))
         print(table)
         if parsed.out:
             Path(parsed.out).write_text(table + "\n")
     else:
-        main(parsed)
+        run(parsed)
+
+
+if __name__ == "__main__":
+    run_or_merge(Args, main, merge)

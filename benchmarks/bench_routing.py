@@ -25,27 +25,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_options import variant_learner  # noqa: E402
+from benchmarks.bench_options import benchmark_inputs, run_or_merge, variant_learner  # noqa: E402
 from models.fusion_attention import attention_restricted, fusion_attention_by_layer  # noqa: E402
-from models.methods.adapter_bank import SHARED  # noqa: E402
 from models.methods.adapter_fusion import AttentionDistillation  # noqa: E402
 from models.metrics import roc_auc  # noqa: E402
 from models.pairs import Pairs  # noqa: E402
 from models.relevance import RelevanceModel  # noqa: E402
-from tasks.benchmark import (  # noqa: E402
-    BenchmarkData, RunSpec, Translations, adapter_bank_folder, benchmark_config, method_learner)
-from tasks.learner import resolve_settings_encoder  # noqa: E402
-from tasks.settings import get_settings  # noqa: E402
+from tasks.benchmark import RunSpec, method_learner  # noqa: E402
 
 
 @dataclass
 class Args:
-    data: str = ""  # a data root (``mcl data demo`` or ``taxonomy_benchmark.py`` output)
+    data: str = ""  # a data root (``mcl data demo`` or ``taxonomy_benchmark.py`` output); empty: generate the demo data
     order: str = "en,es,fr"
     variant: str = "default"  # a bench_options.py variant
     preset: str = ""  # the learner preset the variant starts from; empty: the benchmark's
@@ -62,19 +57,12 @@ def _auc(model: RelevanceModel, pairs: Pairs) -> float:
 
 
 def main(args: Args) -> dict:
-    settings = get_settings()
-    encoder = resolve_settings_encoder(settings)
-    if args.bank:
-        SHARED.persist_to(adapter_bank_folder(Path(args.bank)))
-    ids = args.order.split(",")
-    cfg = benchmark_config(ids, ["ad"], max_train_pairs=args.pairs, max_eval_pairs=args.eval_pairs)
-    data = BenchmarkData.load(Path(args.data), cfg)
-    splits = data.splits(ids)
+    inputs = benchmark_inputs(args)
+    ids, splits = inputs.ids, inputs.data.splits(inputs.ids)
     learner = method_learner(variant_learner(args.preset, args.set, args.variant), "ad")
-    translations = Translations(data, learner.translation.backend, settings.cache_dir / "translations")
-    translated_for, _, _ = translations.for_run(
+    translated_for, _, _ = inputs.translations.for_run(
         RunSpec("ad", learner.seed, tuple(ids), learner.translation.fraction or None))
-    method = AttentionDistillation(encoder, learner)
+    method = AttentionDistillation(inputs.encoder, learner)
     learned: dict[str, tuple[float, float]] = {}
     arrivals = []
     for t, arrival in enumerate(splits):
@@ -142,11 +130,4 @@ def _print(record: dict) -> None:
 
 
 if __name__ == "__main__":
-    (parsed,) = HfArgumentParser(Args).parse_args_into_dataclasses()
-    if parsed.merge:
-        table = merge(parsed.merge.split(","))
-        print(table)
-        if parsed.out:
-            Path(parsed.out).write_text(table + "\n")
-    else:
-        main(parsed)
+    run_or_merge(Args, main, merge)
