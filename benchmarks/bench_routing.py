@@ -98,19 +98,19 @@ def _largest_row_difference(record: dict) -> torch.Tensor:
 
 def merge(files: list[str]) -> str:
     """One markdown table over runs (one per dataset and seed): every old marketplace after every arrival."""
-    lines = ["| data | seed | after | old marketplace | fused test (valid) | restricted test (valid) "
+    lines = ["| data | variant | seed | after | old marketplace | fused test (valid) | restricted test (valid) "
              "| just learned test (valid) | largest attention difference between languages: layer mean; any layer |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for file in files:
         run = json.loads(Path(file).read_text())
-        data, seed = Path(run["args"]["data"]).name, run["learner"]["seed"]
+        data, variant, seed = Path(run["args"]["data"]).name, run["args"]["variant"], run["learner"]["seed"]
         for record in run["arrivals"]:
             mean = torch.tensor(list(record["attention_by_layer"].values())).mean(dim=1)  # (texts, adapters)
             mean_spread = float((mean.max(dim=0).values - mean.min(dim=0).values).max())
             spread = f"{mean_spread:.3f}; {float(_largest_row_difference(record).max()):.3f}"
             for mid, s in record["old"].items():
                 cells = " | ".join(f"{s[key][0]:.4f} ({s[key][1]:.4f})" for key in ("fused", "restricted", "learned"))
-                lines.append(f"| {data} | {seed} | {record['arrival']} | {mid} | {cells} | {spread} |")
+                lines.append(f"| {data} | {variant} | {seed} | {record['arrival']} | {mid} | {cells} | {spread} |")
     return "\n".join(lines)
 
 
