@@ -134,7 +134,8 @@ def main(args: Args) -> dict:
     encoder, ids, data, translations = inputs.encoder, inputs.ids, inputs.data, inputs.translations
     results = {}
     for name in args.variants.split(","):
-        learner = method_learner(variant_learner(args.preset, args.set, name), args.method)  # the method's own preset, as the benchmark
+        # the method's own preset on top, as the benchmark does
+        learner = method_learner(variant_learner(args.preset, args.set, name), args.method)
         fraction = learner.translation.fraction if translating(args.method) else 0
         translated_for, translate_seconds, rows = translations.for_run(
             RunSpec(args.method, learner.seed, tuple(ids), fraction if fraction > 0 else None))

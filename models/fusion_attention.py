@@ -73,8 +73,8 @@ class FusionAttentionRecorder:
 def attention_restricted(model: RelevanceModel, first: int) -> Iterator[None]:
     """Inside the block the fusion attends to its first ``first`` adapters only: the others' scores are -inf
     before the softmax. Scores an old marketplace by the adapters it had when it was learned, to measure what the
-    newer adapters' share costs it (``benchmarks/bench_routing.py``); a hook on the same dropout module the
-    recorder reads, registered first so a recorder sees the restricted scores."""
+    newer adapters' share costs it (``benchmarks/bench_routing.py``). It hooks the dropout module the recorder
+    reads; a recorder started inside the block hooks after it, so it records the restricted attention."""
 
     def restrict(_dropout: nn.Module, _inputs: tuple, scores: torch.Tensor) -> torch.Tensor:
         restricted = scores.clone()
@@ -118,7 +118,8 @@ def fusion_attention_by_layer(model: RelevanceModel, tests: dict[str, Pairs],
     return profile
 
 
-def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs], batch_size: int = 64) -> dict[str, dict[str, float]]:
+def fusion_attention_profile(model: RelevanceModel, tests: dict[str, Pairs],
+                             batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Mean fusion attention each adapter receives on each marketplace's text (over layers and real tokens).
 
     The question a reviewer asks of a fused model: does Spanish text lean on the Spanish adapter?
