@@ -2,7 +2,8 @@
 
 Issue 15 asks every new adapter for >= 0.25 of the fusion attention on its own language's text, and the demo
 data shows old marketplaces dropping at the second arrival. This runs the learner (``ad``, one
-``bench_options.py`` variant) through the benchmark's protocol and, after every arrival, prints:
+``bench_options.py`` variant) through the benchmark's protocol (``run_protocol``, measuring in its
+``on_arrival`` hook) and prints, for every arrival after the first:
 
 - the attention profile per layer: the mean attention each adapter gets on each marketplace's test text. If the
   rows are equal in every layer, the fusion mixes its adapters in one proportion whatever the language, and an
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_options import benchmark_inputs, run_or_merge, variant_learner  # noqa: E402
 from models.fusion_attention import attention_restricted, fusion_attention_by_layer  # noqa: E402
+from models.methods import run_protocol  # noqa: E402
 from models.methods.adapter_fusion import AttentionDistillation  # noqa: E402
 from models.metrics import roc_auc  # noqa: E402
 from models.pairs import Pairs  # noqa: E402
@@ -63,25 +65,31 @@ def main(args: Args) -> dict:
     translated_for, _, _ = inputs.translations.for_run(
         RunSpec("ad", learner.seed, tuple(ids), learner.translation.fraction or None))
     method = AttentionDistillation(inputs.encoder, learner)
-    learned: dict[str, tuple[float, float]] = {}
-    arrivals = []
-    for t, arrival in enumerate(splits):
-        old = splits[:t]
-        method.learn(arrival, list(translated_for(arrival, [o.spec for o in old])) if old and translated_for else [])
+    measured: list[dict] = []
+
+    def measure(t: int, _scores: dict[str, float]) -> None:
+        """After arrival t (the protocol has scored it): attention by layer, and every old marketplace restricted."""
+        if t == 0:
+            return
         model = method.model
-        learned[arrival.spec.id] = (_auc(model, arrival.test), _auc(model, arrival.valid))
-        if not old:
-            continue
         layers = fusion_attention_by_layer(model, {m.spec.id: m.test for m in splits[: t + 1]})
-        record = {"arrival": arrival.spec.id, "adapters": model.adapter_names,
-                  "attention_by_layer": {mid: p.tolist() for mid, p in layers.items()}, "old": {}}
-        for k, kept in enumerate(old):
+        restricted = {}
+        for k, kept in enumerate(splits[:t]):
             with attention_restricted(model, k + 1):
-                restricted = (_auc(model, kept.test), _auc(model, kept.valid))
-            record["old"][kept.spec.id] = {"fused": (_auc(model, kept.test), _auc(model, kept.valid)),
-                                           "restricted": restricted, "learned": learned[kept.spec.id]}
-        arrivals.append(record)
-        _print(record)
+                restricted[kept.spec.id] = (_auc(model, kept.test), _auc(model, kept.valid))
+        measured.append({"adapters": model.adapter_names, "layers": {mid: p.tolist() for mid, p in layers.items()},
+                         "restricted": restricted})
+
+    result = run_protocol(method, splits, translated_for, on_arrival=measure)
+    test, valid = result.metrics.matrix, result.valid_metrics.matrix
+    arrivals = []
+    for t, record in enumerate(measured, start=1):
+        old = {mid: {"fused": (float(test[t][k]), float(valid[t][k])), "restricted": record["restricted"][mid],
+                     "learned": (float(test[k][k]), float(valid[k][k]))}
+               for k, mid in enumerate(ids[:t])}
+        arrivals.append({"arrival": ids[t], "adapters": record["adapters"], "attention_by_layer": record["layers"],
+                         "old": old})
+        _print(arrivals[-1])
     summary = {"args": asdict(args), "learner": learner.model_dump(), "arrivals": arrivals}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
