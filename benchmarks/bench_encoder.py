@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> dict:
     cfg = build(EncoderDistillConfig, preset=args.preset, kind=ENCODER_PRESETS, file=args.config, overrides=args.sets)
     teacher = resolve_settings_encoder(settings, args.teacher)
     marketplaces = load_marketplaces(args.data)
-    texts = distill_inputs(domain_texts(marketplaces, cfg.splits, descriptions=cfg.descriptions, pairs=cfg.pairs))
+    texts = distill_inputs(domain_texts(marketplaces, cfg.splits, descriptions=cfg.descriptions, pairs=cfg.pairs),
+                           prefixes=cfg.prefixes)
     key = run_fingerprint(texts, teacher, cfg)
     print(f"teacher {teacher.name}; {len(texts):,} distinct texts from {', '.join(marketplaces)}; "
           f"settings: {', '.join(([f'preset {args.preset}'] if args.preset else []) + args.sets) or 'defaults'}")

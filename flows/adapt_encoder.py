@@ -78,7 +78,7 @@ def adapt_encoder(
                            "data": ",".join(data), "marketplaces": ",".join(marketplaces), **flat(distill)})
         texts = extract_text_task(marketplaces, list(distill.splits), distill.descriptions, distill.pairs,
                                   parent_run_id=parent)
-        text_key, text_list = texts_hash(texts), distill_inputs(texts)
+        text_key, text_list = texts_hash(texts), distill_inputs(texts, prefixes=distill.prefixes)
         dkey = run_fingerprint(text_list, ref, distill)  # the checkpoint's folder: a rerun resumes from it
         result = distill_encoder_task(text_list, ref, out_dir, distill, work / dkey[:20], parent_run_id=parent)
         student = resolve_encoder(str(out_dir), settings.cache_dir)

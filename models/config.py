@@ -29,6 +29,9 @@ RetrainMethod = Literal["redistill", "async-kd", "uniform", "dwa", "gradnorm"]
 RetrainParts = Literal["fusion", "adapters"]
 RetrainOrder = Literal["joint", "small-first", "large-first"]
 
+# The input prefixes multilingual-e5 was trained with: its sentence vectors and the probes use them.
+E5_QUERY_PREFIX, E5_TITLE_PREFIX = "query: ", "passage: "
+
 
 class _Config(BaseModel):
     """Immutable, strict about unknown keys (a typo such as ``fusion.epoch`` fails instead of being ignored).
@@ -279,6 +282,18 @@ class EncoderDistillConfig(_Config):
     alpha_attention: float = Field(1.0, ge=0, description="Weight of KL(teacher ‖ student) between the self-attention "
                                                           "distributions of the same matched layers, as in MiniLM "
                                                           "(teachers without an MLM head).")
+    # The sentence vector (the mean-pooled last layer, what e5 serves and the frozen probes read), measured on the
+    # probes' validation scores (benchmarks/reports/encoder-distill-2cpu, runs 6-9): the similarity matrices at 20
+    # gave the best mean (0.8613; 0.8531 for run 5, without either and with 45 % more steps), 100 the same (0.8615),
+    # the vectors themselves at 20 less (0.8573). An MLM teacher keeps DistilBERT's recipe as the paper has it.
+    alpha_pooled: float = Field(0.0, ge=0, description="Weight of the MSE between the student's and the teacher's "
+                                                       "mean-pooled last hidden states, the sentence vector e5 "
+                                                       "serves (Reimers & Gurevych 2020; teachers without an MLM "
+                                                       "head).")
+    alpha_similarity: float = Field(20.0, ge=0, description="Weight of the MSE between the in-batch cosine-"
+                                                            "similarity matrices of those sentence vectors "
+                                                            "(relational distillation, Park et al. 2019; teachers "
+                                                            "without an MLM head).")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of real tokens chosen for masking, again "
                                                                  "for every batch (MLM teachers).")
     mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Of the chosen tokens, the share replaced by "
@@ -316,6 +331,12 @@ class EncoderDistillConfig(_Config):
     pairs: bool = Field(False, description="Also distil on every distinct (query, product title) pair, encoded as "
                                            "one sequence as the relevance model reads it: the adapters sit on a "
                                            "cross-encoder of pairs, which single texts never show the student.")
+    # Off: measured beside alpha_similarity=20 (runs 7 and 8), it lowered the probes' validation mean (0.8561 against
+    # 0.8613; demo/ja -0.043) while raising their test mean by 0.0018.
+    prefixes: bool = Field(False, description="Also distil every query, title and description as multilingual-e5 "
+                                              "embeds it, after 'query: ' or 'passage: ' (the form the frozen probes "
+                                              "and a learner with query_prefix/title_prefix read); off: the bare text "
+                                              "only, as the default learner reads it.")
     max_texts: int | None = Field(None, ge=1, description="Use at most this many deduplicated texts (a seeded "
                                                           "sample; none: all).")
     eval_seeds: int = Field(5, ge=2, description="Probe classifiers per marketplace and encoder, each on its own "

@@ -2,15 +2,20 @@
 
 Written out rather than taken from a distillation package: the maintained ones on PyPI (torchdistill, a
 configuration-driven framework; TextBrewer, last released in 2020) would bring their own trainers and configuration
-formats for what is five short functions over ``torch.nn.functional``, and none of them knows this project's token
+formats for what is a handful of short functions over ``torch.nn.functional``, and none of them knows this project's token
 masks. Every function takes a boolean/0-1 ``mask`` of shape (batch, tokens) -- the attention mask -- and averages
-over the positions it marks, so padding never counts and batches of different padding give the same loss.
+over the positions it marks, so padding never counts and batches of different padding give the same loss. The last
+two compare sentence vectors (the mean-pooled last layer that multilingual-e5 and the frozen probes read); their
+counterpart on PyPI, sentence-transformers' ``MSELoss``, takes its own model classes, not this project's
+``BertModel`` outputs.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from models.pairs import mean_pool
 
 IGNORE_INDEX = -100  # labels of the tokens the MLM loss skips (transformers' convention)
 
@@ -58,3 +63,18 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     kl = (torch.special.xlogy(t, t) - t * torch.log(s.clamp_min(eps))).sum(-1)  # (batch, heads, queries)
     real = _real(mask).unsqueeze(1).expand_as(kl)
     return kl[real].mean()
+
+
+def pooled_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the mean-pooled sentence vectors (Reimers & Gurevych 2020's multilingual
+    distillation): the token losses can be small while the average they make, which is what e5 serves, drifts."""
+    return F.mse_loss(mean_pool(student.float(), mask), mean_pool(teacher.float(), mask))
+
+
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the in-batch cosine-similarity matrices of the sentence vectors (relational
+    distillation, Park et al. 2019): which texts are near which, the structure a relevance probe reads, rather than
+    where each vector lies. Needs at least two texts in a batch (zero otherwise)."""
+    s = F.normalize(mean_pool(student.float(), mask), dim=-1)
+    t = F.normalize(mean_pool(teacher.float(), mask), dim=-1)
+    return F.mse_loss(s @ s.T, t @ t.T)

@@ -9,9 +9,10 @@ on the teacher:
   cross-entropy + α_cos·(1 − cos) on last hidden states, on dynamically masked text (15 %, 80/10/10);
 - without one (multilingual-e5-small, the default encoder): there are no logits to match, so the hidden states
   carry it: cosine and MSE on the last hidden states, plus student layer k against teacher layer 2k+1 (hidden-state
-  MSE and, as in MiniLM, the KL between self-attention distributions), on the text as it is -- there is no masked-LM
-  objective, and the representations being matched are those of real text, which is what the frozen encoder will
-  see under the adapters.
+  MSE and, as in MiniLM, the KL between self-attention distributions), plus the MSE between the in-batch cosine
+  similarities of the mean-pooled sentence vectors (relational distillation), on the text as it is -- there is no
+  masked-LM objective, and the representations being matched are those of real text, which is what the frozen
+  encoder will see under the adapters.
 
 The loop is its own, not :func:`models.training.fit`: ``fit`` is built around epochs of labelled batches -- a
 validation metric after each epoch, early stopping, checkpoints between epochs -- while distillation has no
@@ -208,7 +209,8 @@ class _Objective:
         c = self.cfg
         if self.mlm:
             return {"ce": c.alpha_ce, "mlm": c.alpha_mlm, "cos": c.alpha_cos}
-        return {"cos": c.alpha_cos, "mse": c.alpha_mse, "hidden": c.alpha_hidden, "attention": c.alpha_attention}
+        return {"cos": c.alpha_cos, "mse": c.alpha_mse, "hidden": c.alpha_hidden, "attention": c.alpha_attention,
+                "pooled": c.alpha_pooled, "similarity": c.alpha_similarity}
 
     @property
     def losses(self) -> list[str]:
@@ -242,6 +244,10 @@ def distillation_losses(objective: _Objective, teacher: PreTrainedModel, student
         if cfg.alpha_attention > 0:
             parts["attention"] = torch.stack([L.attention_kl(s.attentions[k], t.attentions[m], mask)
                                               for k, m in enumerate(objective.matched)]).mean()
+        if cfg.alpha_pooled > 0:
+            parts["pooled"] = L.pooled_mse(s.last_hidden_state, t_last, mask)
+        if cfg.alpha_similarity > 0:
+            parts["similarity"] = L.similarity_mse(s.last_hidden_state, t_last, mask)
     if cfg.alpha_cos > 0:
         parts["cos"] = L.cosine_loss(s.last_hidden_state, t_last, mask)
     return parts

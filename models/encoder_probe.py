@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from models.config import E5_QUERY_PREFIX, E5_TITLE_PREFIX
 from models.device import resolve_device
 from models.encoder_distill import has_pooler
 from models.encoders import sentence_embeddings
@@ -26,7 +27,6 @@ from models.methods.probe import fit_logistic, pair_features
 from models.metrics import roc_auc
 from models.pairs import Pairs
 
-QUERY_PREFIX, TITLE_PREFIX = "query: ", "passage: "
 WARMUP_PASSES = 2
 
 
@@ -48,8 +48,8 @@ def _embed(model, tokenizer, texts: Sequence[str], prefix: str, batch_size: int,
 
 def probe_features(model, tokenizer, pairs: Pairs, *, batch_size: int, max_length: int) -> torch.Tensor:
     """[q, p, q·p, |q − p|] of every pair, from the frozen encoder."""
-    return pair_features(_embed(model, tokenizer, pairs.queries, QUERY_PREFIX, batch_size, max_length),
-                         _embed(model, tokenizer, pairs.titles, TITLE_PREFIX, batch_size, max_length))
+    return pair_features(_embed(model, tokenizer, pairs.queries, E5_QUERY_PREFIX, batch_size, max_length),
+                         _embed(model, tokenizer, pairs.titles, E5_TITLE_PREFIX, batch_size, max_length))
 
 
 def probe_aucs(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models import e5_q4
+from models.config import E5_QUERY_PREFIX
 from models.encoder_ref import (
     DEFAULT_ENCODER,
     EncoderNotFoundError,
@@ -130,7 +131,7 @@ def sentence_embeddings(
     model: torch.nn.Module,
     tokenizer,
     texts: Sequence[str],
-    prefix: str = "query: ",
+    prefix: str = E5_QUERY_PREFIX,
     *,
     batch_size: int = 32,
     max_length: int = 512,

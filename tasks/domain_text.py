@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from models.config import E5_QUERY_PREFIX, E5_TITLE_PREFIX
 from tasks.data import DataValidationError, Marketplace, list_folder, load_data_root
 from tasks.data.readers import is_s3, location
 from tasks.hashing import table_hash
@@ -86,10 +87,18 @@ def domain_texts(marketplaces: Mapping[str, Marketplace], splits: Sequence[str],
     return texts.drop_duplicates(["text", "text_pair"], keep="first").reset_index(drop=True)[list(TEXT_COLUMNS)]
 
 
-def distill_inputs(texts: pd.DataFrame) -> list[DomainText]:
-    """The rows of :func:`domain_texts` as the distillation takes them: a string, or a (query, title) tuple."""
-    rows = texts[["text", "text_pair", "kind"]].itertuples(index=False)
-    return [(text, pair) if kind == PAIR else text for text, pair, kind in rows]
+def distill_inputs(texts: pd.DataFrame, *, prefixes: bool) -> list[DomainText]:
+    """The rows of :func:`domain_texts` as the distillation takes them: a string, or a (query, title) tuple.
+
+    With ``prefixes``, every single text comes a second time as multilingual-e5 embeds it -- a query after
+    ``query: ``, a title or description after ``passage: ``: the teacher represents the two forms differently, and a
+    student shown only the bare one has never seen the form the frozen probes (and an e5-style learner) read."""
+    rows = list(texts[["text", "text_pair", "kind"]].itertuples(index=False))
+    inputs: list[DomainText] = [(text, pair) if kind == PAIR else text for text, pair, kind in rows]
+    if prefixes:
+        inputs += [(E5_QUERY_PREFIX if kind == "query" else E5_TITLE_PREFIX) + text
+                   for text, _, kind in rows if kind != PAIR]
+    return inputs
 
 
 def texts_hash(texts: pd.DataFrame) -> str:

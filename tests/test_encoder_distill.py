@@ -145,6 +145,17 @@ def test_cosine_mse_and_attention_losses_by_hand():
     assert L.attention_kl(a_s, a_t, mask).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-5)
 
 
+def test_sentence_vector_losses_by_hand_pool_over_real_tokens_only():
+    mask = torch.tensor([[1, 1], [1, 0]])
+    hs = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [9.0, 9.0]]])  # pooled: [1, 0], [0, 1]
+    ht = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [5.0, -5.0]]])  # pooled: [1, 0], [1, 1]
+    assert L.pooled_mse(hs, ht, mask).item() == pytest.approx((0 + 0 + 1 + 0) / 4)
+    # cosine matrices [[1, 0], [0, 1]] against [[1, √½], [√½, 1]]: the off-diagonal pair differs by √½
+    assert L.similarity_mse(hs, ht, mask).item() == pytest.approx((0.5 + 0.5) / 4, rel=1e-6)
+    # counting the padded token would have moved both pooled vectors (and the teacher's direction)
+    assert L.similarity_mse(hs, ht, torch.ones_like(mask)).item() != pytest.approx(0.25, rel=1e-3)
+
+
 def test_layer_and_attention_terms_match_student_layer_k_with_teacher_layer_2k_plus_1(base_teacher, tmp_path):
     cfg = EncoderDistillConfig(**QUICK)
     objective = D._Objective(False, cfg, D.matched_layers(4, 2))
@@ -154,7 +165,7 @@ def test_layer_and_attention_terms_match_student_layer_k_with_teacher_layer_2k_p
     tok = AutoTokenizer.from_pretrained(student_dir)
     batch = dict(tok(["red shoe", "zapato azul deluxe edition"], padding=True, return_tensors="pt"))
     parts = D.distillation_losses(objective, teacher, student, head, dict(batch))
-    assert set(parts) == {"cos", "mse", "hidden", "attention"} and head is None
+    assert set(parts) == {"cos", "mse", "hidden", "attention", "similarity"} and head is None
     with torch.no_grad():
         t = teacher(**batch, output_hidden_states=True, output_attentions=True)
         s = student(**batch, output_hidden_states=True, output_attentions=True)
@@ -166,9 +177,31 @@ def test_layer_and_attention_terms_match_student_layer_k_with_teacher_layer_2k_p
     assert parts["hidden"].item() == pytest.approx(hidden.item(), rel=1e-5)
     assert parts["attention"].item() == pytest.approx(attention.item(), rel=1e-5)
     assert parts["mse"].item() == pytest.approx(L.hidden_mse(s.last_hidden_state, t.last_hidden_state, mask).item())
+    assert parts["similarity"].item() == pytest.approx(
+        L.similarity_mse(s.last_hidden_state, t.last_hidden_state, mask).item(), rel=1e-5)
     # the student starts with the teacher's last layer as its own: its last hidden states are not the teacher's
     # (layers 1 and 2 are gone), so there is something to learn
     assert parts["cos"].item() > 0
+
+
+def test_sentence_vector_losses_are_weighted_settings_of_a_teacher_without_mlm_head(base_teacher, tmp_path):
+    assert set(D._Objective(True, EncoderDistillConfig(alpha_pooled=3.0), [1, 3]).losses) == {"ce", "mlm", "cos"}, \
+        "an MLM teacher keeps DistilBERT's three losses"
+    assert "pooled" not in D._Objective(False, EncoderDistillConfig(), [1, 3]).losses, "off by default"
+    objective = D._Objective(False, EncoderDistillConfig(**QUICK, alpha_pooled=3.0, alpha_similarity=0.0),
+                             D.matched_layers(4, 2))
+    assert objective.weights["pooled"] == 3.0 and "similarity" not in objective.losses
+    student_dir = D.build_student(base_teacher.path, tmp_path / "s")
+    teacher, student, head = D._load(base_teacher.path, student_dir, objective, torch.device("cpu"))
+    student.eval()
+    tok = AutoTokenizer.from_pretrained(student_dir)
+    batch = dict(tok(["red shoe", "zapato azul deluxe edition", "blue lamp"], padding=True, return_tensors="pt"))
+    parts = D.distillation_losses(objective, teacher, student, head, dict(batch))
+    assert "similarity" not in parts
+    with torch.no_grad():
+        t_last, s_last = teacher(**batch).last_hidden_state, student(**batch).last_hidden_state
+    expected = L.pooled_mse(s_last, t_last, batch["attention_mask"]).item()
+    assert parts["pooled"].item() == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
 def test_mlm_teacher_gets_distilberts_three_losses(mlm_teacher, tmp_path):
@@ -248,7 +281,8 @@ def test_distillation_lowers_the_loss_and_saves_a_plain_encoder(kind, mlm_teache
     losses = [r["loss"] for r in result.history]
     assert result.steps == len(losses) == 4 * math.ceil(math.ceil(len(TEXTS) / 8) / 2)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
-    assert result.losses == (["ce", "mlm", "cos"] if kind == "mlm" else ["cos", "mse", "hidden", "attention"])
+    without_head = ["cos", "mse", "hidden", "attention", "similarity"]
+    assert result.losses == (["ce", "mlm", "cos"] if kind == "mlm" else without_head)
     assert (result.layers, result.matched_layers, result.texts) == ([0, 3], [1, 3], len(TEXTS))
     initial = D.build_student(teacher.path, tmp_path / "undistilled")
     assert training_objective(teacher, tmp_path / "out", kind == "mlm") < training_objective(teacher, initial,

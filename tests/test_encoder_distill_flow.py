@@ -96,10 +96,15 @@ def test_extract_keeps_each_query_title_and_description_once(root, tmp_path):
              for q, t in zip(table["query"], table["product_title"], strict=True)}
     singles = with_pairs[with_pairs["kind"] != "pair"].reset_index(drop=True)
     assert singles.equals(texts.reset_index(drop=True)), "the single texts come first, unchanged"
-    inputs = distill_inputs(with_pairs)
+    inputs = distill_inputs(with_pairs, prefixes=False)
     assert inputs[:len(texts)] == texts["text"].tolist()
     assert set(inputs[len(texts):]) == pairs and len(inputs) == len(texts) + len(pairs), "every pair exactly once"
     assert texts_hash(with_pairs) != texts_hash(texts)
+    prefixed = distill_inputs(with_pairs, prefixes=True)
+    assert prefixed[:len(inputs)] == inputs, "the bare texts and pairs first, unchanged"
+    kinds = dict(zip(texts["text"], texts["kind"], strict=True))
+    assert prefixed[len(inputs):] == [("query: " if kinds[t] == "query" else "passage: ") + t for t in texts["text"]]
+    assert {"query", "title", "description"} == set(kinds.values()), "every kind was checked"
 
     other = write_root(tmp_path / "tax", langs=("en",), described=())
     both = load_marketplaces([str(root), str(other)])
@@ -321,12 +326,13 @@ def test_every_distill_setting_is_reachable_with_set_and_printed(tmp_path):
 
     changed = {"layers": [1, 2], "teacher_head": "mlm", "temperature": 3.0, "alpha_ce": 1.0, "alpha_mlm": 1.0,
                "alpha_cos": 2.0, "alpha_mse": 0.5, "alpha_hidden": 0.5, "alpha_attention": 0.0,
-               "mlm_probability": 0.2, "mask_replace_prob": 0.7, "random_replace_prob": 0.2, "learning_rate": 1e-4,
+               "alpha_pooled": 4.0, "alpha_similarity": 4.0, "mlm_probability": 0.2, "mask_replace_prob": 0.7,
+               "random_replace_prob": 0.2, "learning_rate": 1e-4,
                "weight_decay": 0.01, "warmup_ratio": 0.1, "max_grad_norm": 1.0, "batch_size": 16,
                "gradient_accumulation_steps": 4, "epochs": 3, "group_by_length": False, "max_steps": 10,
                "max_length": 32,
                "train_word_embeddings": False, "checkpoint_steps": 5, "splits": ["train"], "descriptions": False,
-               "pairs": True,
+               "pairs": True, "prefixes": True,
                "max_texts": 100, "eval_seeds": 7, "probe_fraction": 0.5, "eval_batch_size": 8, "latency_pairs": 16,
                "latency_batch_sizes": [1, 8], "latency_repeats": 5, "precision": "fp32", "device": "cpu",
                "seed": 7}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from models.config import E5_QUERY_PREFIX, E5_TITLE_PREFIX
 from models.device import resolve_device
 from models.encoders import sentence_embeddings
 from models.methods.protocol import ContinualMethod, MarketplaceSplits
@@ -71,7 +72,7 @@ class LinearProbe(ContinualMethod):
         embed = lambda texts, prefix: sentence_embeddings(  # noqa: E731
             self.net, self.tokenizer, list(texts), prefix, batch_size=self.learner.adapter.eval_batch_size,
             max_length=self.learner.max_length)
-        return pair_features(embed(pairs.queries, "query: "), embed(pairs.titles, "passage: "))
+        return pair_features(embed(pairs.queries, E5_QUERY_PREFIX), embed(pairs.titles, E5_TITLE_PREFIX))
 
     def learn(self, data: MarketplaceSplits, translated: Sequence[Pairs]) -> list[StageReport]:
         start = time.perf_counter()
