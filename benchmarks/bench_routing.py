@@ -34,9 +34,7 @@ from benchmarks.bench_options import benchmark_inputs, run_or_merge, variant_lea
 from models.fusion_attention import attention_restricted, fusion_attention_by_layer  # noqa: E402
 from models.methods import run_protocol  # noqa: E402
 from models.methods.adapter_fusion import AttentionDistillation  # noqa: E402
-from models.metrics import roc_auc  # noqa: E402
-from models.pairs import Pairs  # noqa: E402
-from models.relevance import RelevanceModel  # noqa: E402
+from models.sequence import evaluate_marketplaces  # noqa: E402
 from tasks.benchmark import RunSpec, method_learner  # noqa: E402
 
 
@@ -52,10 +50,6 @@ class Args:
     bank: str = ""  # a folder for the adapter bank (shared with bench_options.py --bank)
     out: str = ""
     merge: str = ""  # comma-separated JSON files of earlier runs: print (and --out) one table over them instead
-
-
-def _auc(model: RelevanceModel, pairs: Pairs) -> float:
-    return roc_auc(pairs.labels, model.predict_proba(pairs))
 
 
 def main(args: Args) -> dict:
@@ -76,7 +70,8 @@ def main(args: Args) -> dict:
         restricted = {}
         for k, kept in enumerate(splits[:t]):
             with attention_restricted(model, k + 1):
-                restricted[kept.spec.id] = (_auc(model, kept.test), _auc(model, kept.valid))
+                scores = evaluate_marketplaces(model, {"test": kept.test, "valid": kept.valid})
+                restricted[kept.spec.id] = (scores["test"], scores["valid"])
         measured.append({"adapters": model.adapter_names, "layers": {mid: p.tolist() for mid, p in layers.items()},
                          "restricted": restricted})
 
