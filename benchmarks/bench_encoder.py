@@ -5,7 +5,9 @@ the ``adapt-encoder`` flow runs, without Prefect or MLflow, so the wall time is 
   1. distillation wall time (teacher and student loading, tokenising and training), steps and texts;
   2. per marketplace, the frozen-encoder probe ROC-AUC of the student, the teacher and the undistilled 6-layer copy
      (mean ± std over seeds) with the KS p-values of the student's seeds against each, and the goals: the student
-     at or above the undistilled copy on every marketplace, within 0.01 of the teacher on average;
+     at or above the undistilled copy on every marketplace, within 0.01 of the teacher on average; then the
+     adapter view (2b): one adapter and head per marketplace on each frozen encoder, trained as an arrival trains
+     them (``--sequence-preset``/``--sequence-set``, ``adapter_rows`` pairs; ``--set adapter_rows=0`` skips it);
   3. latency per (query, title) pair on one CPU thread at batch 1 and 32, student over teacher (goal <= 0.65x;
      the paper: 189 / 305 ms = 0.62x);
   4. with ``--train-sequence en,es,fr``: ``mcl train-sequence``'s R matrix on every root holding those
@@ -60,8 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run train-sequence in this order (e.g. en,es,fr) on teacher and student")
     parser.add_argument("--sequence-data", action="append", default=None,
                         help="data root for --train-sequence (repeatable; default: every --data root)")
-    parser.add_argument("--sequence-preset", default="default", help="learner preset for --train-sequence")
-    parser.add_argument("--sequence-set", action="append", default=[], help="learner setting for --train-sequence")
+    parser.add_argument("--sequence-preset", default="default",
+                        help="learner preset for --train-sequence and the adapter view")
+    parser.add_argument("--sequence-set", action="append", default=[],
+                        help="learner setting for --train-sequence and the adapter view")
     parser.add_argument("--limit", type=int, default=None, help="rows per split for --train-sequence")
     return parser.parse_args(argv)
 
@@ -112,7 +116,8 @@ def main(args: argparse.Namespace) -> dict:
           + (" -- REUSED an existing output folder: use a new --out to time it" if result.reused else ""))
 
     student = resolve_encoder(str(args.out), settings.cache_dir)
-    ev = evaluate_encoders(student.path, teacher, result.layers, marketplaces, cfg,
+    learner = learner_config(args.sequence_preset, overrides=args.sequence_set)
+    ev = evaluate_encoders(student.path, teacher, result.layers, marketplaces, cfg, learner,
                            work_dir=settings.cache_dir / "steps" / "bench-encoder" / f"eval-{key[:20]}")
     table = ev.table()
     print(f"\n2. frozen-encoder probes, test ROC-AUC, mean ± std over {cfg.eval_seeds} seeds (KS p: student vs other)")
@@ -128,6 +133,14 @@ def main(args: argparse.Namespace) -> dict:
     close = mean["student_mean"] >= mean["teacher_mean"] - TEACHER_MARGIN
     print(f"  goal: at or above the undistilled copy on every marketplace: {'yes' if above else 'NO'}; within "
           f"{TEACHER_MARGIN} of the teacher on average: {'yes' if close else 'NO'} ({mean['vs_teacher']:+.4f})")
+    if ev.adapter_aucs:
+        print(f"\n2b. adapter view, test ROC-AUC: one adapter and head per marketplace on each frozen encoder "
+              f"({cfg.adapter_rows} training pairs, learner preset {args.sequence_preset})")
+        print(f"  {'marketplace':12s} {'student':>9s} {'teacher':>9s} {'undist.':>9s}  vs teacher  vs undist.")
+        for row in table.to_dict(orient="records"):
+            print(f"  {row['marketplace']:12s} " + " ".join(f"{row[f'{k}_adapter']:9.4f}"
+                                                            for k in ("student", "teacher", "undistilled"))
+                  + f"   {row['adapter_vs_teacher']:+.4f}     {row['adapter_vs_undistilled']:+.4f}")
 
     print("\n3. latency per pair, one CPU thread:")
     for size in cfg.latency_batch_sizes:

@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows import candidate
-from models.config import EncoderDistillConfig
+from models.config import EncoderDistillConfig, LearnerConfig
 from models.encoder_distill import run_fingerprint
 from tasks.config import flat
 from tasks.domain_text import distill_inputs, load_marketplaces, texts_hash
@@ -43,6 +43,7 @@ def adapt_encoder(
     teacher: str | None = None,
     name: str | None = None,
     distill: EncoderDistillConfig = EncoderDistillConfig(),
+    learner: LearnerConfig = LearnerConfig(),
 ) -> dict:
     """Distil the base encoder into one with half the layers on the marketplaces' own text, compare it frozen with
     its teacher and with an undistilled copy, and register it in MLflow.
@@ -56,7 +57,9 @@ def adapt_encoder(
             configured encoder (MCL_ENCODER).
         name: The encoder is registered as encoder-<name>; default: the output folder's name.
         distill: Every distillation and evaluation setting (layers, losses and their weights, optimiser, text,
-            probes, latency).
+            probes, adapter view, latency).
+        learner: The learner settings the adapter view trains its adapters with (stage 1 of an arrival: adapter
+            epochs, batch, learning rate, reduction factor, text format, seed); default: the learner's defaults.
     """
     from models.encoders import resolve_encoder
     from tasks.learner import resolve_settings_encoder
@@ -75,7 +78,8 @@ def adapt_encoder(
         parent = run.info.run_id
         mlflow.set_tags({"kind": "encoder", "encoder_model": model_name, "teacher": ref.name})
         mlflow.log_params({"teacher": ref.name, "teacher_checksum": ref.checksum, "out": str(out_dir),
-                           "data": ",".join(data), "marketplaces": ",".join(marketplaces), **flat(distill)})
+                           "data": ",".join(data), "marketplaces": ",".join(marketplaces), **flat(distill),
+                           **{f"learner.{k}": v for k, v in flat(learner).items()}})
         texts = extract_text_task(marketplaces, list(distill.splits), distill.descriptions, distill.pairs,
                                   parent_run_id=parent)
         text_key, text_list = texts_hash(texts), distill_inputs(texts, prefixes=distill.prefixes)
@@ -83,9 +87,10 @@ def adapt_encoder(
         result = distill_encoder_task(text_list, ref, out_dir, distill, work / dkey[:20], parent_run_id=parent)
         student = resolve_encoder(str(out_dir), settings.cache_dir)
         ekey = fingerprint("evaluate-encoder", student.checksum, ref.checksum, result.layers,
-                           {m: [table_hash(mk.train), table_hash(mk.test)] for m, mk in marketplaces.items()},
-                           distill)
-        evaluation = evaluate_encoder_task(ekey, student.path, ref, result.layers, marketplaces, distill,
+                           {m: [table_hash(mk.train), table_hash(mk.valid), table_hash(mk.test)]
+                            for m, mk in marketplaces.items()},
+                           distill, learner)
+        evaluation = evaluate_encoder_task(ekey, student.path, ref, result.layers, marketplaces, distill, learner,
                                            work / ekey[:20], parent_run_id=parent)
         facts = {"data": ",".join(data), "marketplaces": ",".join(marketplaces),
                  "splits": ",".join(distill.splits), "text_hash": text_key}
@@ -104,6 +109,7 @@ def adapt_encoder(
             registration.already_registered, "run_id": registration.run_id, "path": str(student.path),
         "checksum": student.checksum, "teacher": ref.name, "layers": result.layers, "losses": result.losses,
         "texts": result.texts, "steps": result.steps, "seconds": result.seconds, "reused": result.reused,
-        "evaluation": table.to_dict(orient="records"), "latency_ms": evaluation.latency_ms,
+        "evaluation": table.to_dict(orient="records"), "adapter_aucs": evaluation.adapter_aucs,
+        "latency_ms": evaluation.latency_ms,
         "parameters": evaluation.parameters,
     }

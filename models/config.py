@@ -345,6 +345,10 @@ class EncoderDistillConfig(_Config):
     probe_fraction: float = Field(0.8, gt=0, le=1, description="Share of a marketplace's training pairs each probe "
                                                                "is fitted on.")
     eval_batch_size: int = Field(64, ge=1, description="Texts per forward pass when embedding for the probes.")
+    adapter_rows: int = Field(800, ge=0, description="The adapter view of the evaluation: per marketplace, one "
+                              "language adapter and head trained on each frozen encoder (student, teacher, "
+                              "undistilled copy) on this many training and validation pairs, with the learner's "
+                              "stage-1 settings, and scored on the test split; 0 skips it.")
     latency_pairs: int = Field(64, ge=1, description="(query, title) pairs timed per batch size.")
     latency_batch_sizes: list[int] = Field([1, 32], min_length=1, description="Batch sizes the latency is "
                                                                               "measured at (one CPU thread).")

@@ -282,7 +282,7 @@ class DistillResult:
 # Settings that do not change the student: which tables the text came from (the texts themselves count), the
 # evaluation's, the checkpoint cadence and the device.
 _NOT_THE_STUDENTS = {"splits", "descriptions", "checkpoint_steps", "device", "eval_seeds", "probe_fraction",
-                     "eval_batch_size", "latency_pairs", "latency_batch_sizes", "latency_repeats"}
+                     "eval_batch_size", "adapter_rows", "latency_pairs", "latency_batch_sizes", "latency_repeats"}
 
 
 def run_fingerprint(texts: Sequence[DomainText], teacher: EncoderRef, cfg: EncoderDistillConfig) -> str:

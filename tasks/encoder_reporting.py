@@ -36,22 +36,33 @@ def loss_figure(history: Sequence[Mapping[str, float]], losses: Sequence[str]) -
     return fig
 
 
-def evaluation_figure(evaluation: EncoderEvaluation) -> Figure:
-    """Grouped bars per marketplace: each encoder's mean probe ROC-AUC, with the seeds' spread as error bars."""
-    markets = evaluation.marketplaces
-    fig = Figure(figsize=(1.5 + 1.4 * len(markets), 4))
-    ax = fig.add_subplot()
+def _bars(ax, markets: Sequence[str], values: Mapping[str, Sequence[float]],
+          spread: Mapping[str, Sequence[float]] | None, ylabel: str, title: str) -> None:
+    """Grouped bars: one group per marketplace, one bar per encoder kind."""
     width = 0.8 / len(KINDS)
     for i, kind in enumerate(KINDS):
-        means = [evaluation.mean(kind, m) for m in markets]
-        spread = [float(np.std(evaluation.aucs[kind][m])) for m in markets]
-        ax.bar(np.arange(len(markets)) + i * width, means, width, yerr=spread, capsize=3, label=kind)
+        ax.bar(np.arange(len(markets)) + i * width, values[kind], width, capsize=3, label=kind,
+               yerr=None if spread is None else spread[kind])
     ax.set_xticks(np.arange(len(markets)) + width * (len(KINDS) - 1) / 2, markets)
-    low = min(min(v) for kind in KINDS for v in evaluation.aucs[kind].values())
-    ax.set_ylim(max(0.0, low - 0.05), 1.0)
-    ax.set_ylabel("probe ROC-AUC (frozen encoder)")
+    ax.set_ylim(max(0.0, min(min(v) for v in values.values()) - 0.05), 1.0)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
-    ax.set_title("frozen-encoder probes per marketplace (mean ± std over seeds)")
+    ax.set_title(title)
+
+
+def evaluation_figure(evaluation: EncoderEvaluation) -> Figure:
+    """Per marketplace, each encoder's mean probe ROC-AUC with the seeds' spread as error bars; beneath it, when
+    measured, the adapter view's ROC-AUC (one fit per marketplace and encoder)."""
+    markets = evaluation.marketplaces
+    panels = 2 if evaluation.adapter_aucs else 1
+    fig = Figure(figsize=(1.5 + 1.4 * len(markets), 4 * panels))
+    axes = fig.subplots(panels, 1, squeeze=False)[:, 0]
+    _bars(axes[0], markets, {k: [evaluation.mean(k, m) for m in markets] for k in KINDS},
+          {k: [float(np.std(evaluation.aucs[k][m])) for m in markets] for k in KINDS},
+          "probe ROC-AUC (frozen encoder)", "frozen-encoder probes per marketplace (mean ± std over seeds)")
+    if evaluation.adapter_aucs:
+        _bars(axes[1], markets, {k: [evaluation.adapter_aucs[k][m] for m in markets] for k in KINDS}, None,
+              "adapter ROC-AUC (frozen encoder)", "adapter view: one adapter and head per marketplace")
     fig.tight_layout()
     return fig
 
@@ -98,4 +109,19 @@ def encoder_card(*, name: str, checksum: str, result: DistillResult,
         (f"On average the student scores {mean['vs_teacher']:+.4f} against the teacher and "
          f"{mean['vs_undistilled']:+.4f} against the undistilled copy of the same layers."),
     ]
+    if evaluation.adapter_aucs:
+        columns = ["marketplace", *(f"{k}_adapter" for k in KINDS), "adapter_vs_teacher", "adapter_vs_undistilled"]
+        lines += [
+            "",
+            "## Adapter view (test ROC-AUC of one language adapter and head per marketplace on each frozen encoder)",
+            "",
+            ("How this project's models use a base: the (query, title) pair as one sequence through an adapter, "
+             "trained as an arrival trains it. The probes above read each text alone; the two can disagree, and "
+             "this view is the one a lineage on this encoder will see."),
+            "",
+            _markdown(table[columns]),
+            "",
+            (f"On average the student's adapters score {mean['adapter_vs_teacher']:+.4f} against the teacher's and "
+             f"{mean['adapter_vs_undistilled']:+.4f} against the undistilled copy's."),
+        ]
     return "\n".join(lines) + "\n"

@@ -299,8 +299,8 @@ def distill_encoder_task(texts: list[DomainText], teacher: EncoderRef, out_dir: 
 
 @task(name="evaluate-frozen-encoders", cache_key_fn=keyed_cache, persist_result=True)
 def evaluate_encoder_task(key: str, student_dir: Path, teacher: EncoderRef, layers: list[int],
-                          marketplaces: dict[str, Any], cfg: EncoderDistillConfig, work_dir: Path,
-                          parent_run_id: str | None = None) -> EncoderEvaluation:
+                          marketplaces: dict[str, Any], cfg: EncoderDistillConfig, learner: LearnerConfig,
+                          work_dir: Path, parent_run_id: str | None = None) -> EncoderEvaluation:
     """:func:`tasks.encoder_evaluation.evaluate_encoders`, cached by the student's checksum, the data and settings."""
     from tasks.encoder_evaluation import evaluate_encoders
 
@@ -309,7 +309,7 @@ def evaluate_encoder_task(key: str, student_dir: Path, teacher: EncoderRef, laye
         mlflow.log_table(evaluation.table(), "frozen_evaluation.json")
 
     return _in_step("evaluate-frozen-encoders", evaluate_encoders, parent_run_id, log_evaluation, student_dir,
-                    teacher, layers, marketplaces, cfg, work_dir=work_dir)
+                    teacher, layers, marketplaces, cfg, learner, work_dir=work_dir)
 
 
 @task(name="register-encoder", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 60])

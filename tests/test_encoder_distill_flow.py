@@ -16,7 +16,7 @@ import torch
 from scipy.stats import ks_2samp
 from typer.testing import CliRunner
 
-from models.config import EncoderDistillConfig
+from models.config import EncoderDistillConfig, LearnerConfig
 from models.encoder_ref import EncoderRef
 from models.tiny import build_tiny_encoder
 from tests.conftest import WORDS, make_pairs
@@ -24,6 +24,7 @@ from tests.conftest import WORDS, make_pairs
 SMALL = {"batch_size": 8, "gradient_accumulation_steps": 1, "max_length": 16, "max_steps": 3, "device": "cpu",
          "eval_seeds": 3, "latency_pairs": 8, "latency_batch_sizes": [1, 4], "latency_repeats": 1,
          "checkpoint_steps": 2}
+LEARNER = LearnerConfig(adapter={"epochs": 2, "batch_size": 16}, max_length=16, device="cpu")
 
 
 def write_root(root: Path, langs=("en", "es"), n: int = 48, described: tuple[str, ...] = ("en",)) -> Path:
@@ -143,7 +144,7 @@ def test_frozen_evaluation_compares_three_encoders_over_seeds(student, teacher, 
     cfg = EncoderDistillConfig(**SMALL)
     torch.set_num_threads(2)
     ev = evaluate_encoders(student, teacher, read_result(student).layers, load_marketplaces([str(root)]), cfg,
-                           work_dir=tmp_path)
+                           LEARNER, work_dir=tmp_path)
     assert torch.get_num_threads() == 2, "the single-thread latency measurement restores torch's threads"
     assert set(ev.aucs) == {"student", "teacher", "undistilled"} and ev.marketplaces == ["en", "es"]
     for kind in ev.aucs:
@@ -162,6 +163,38 @@ def test_frozen_evaluation_compares_three_encoders_over_seeds(student, teacher, 
     assert table["vs_undistilled"].iloc[0] == pytest.approx(ev.mean("student", "en") - ev.mean("undistilled", "en"))
     metrics = ev.metrics()
     assert metrics["probe_auc.teacher.es"] == ev.mean("teacher", "es") and "latency_ratio.b4" in metrics
+    assert set(ev.adapter_aucs) == {"student", "teacher", "undistilled"}
+    assert table["adapter_vs_undistilled"].iloc[1] == pytest.approx(
+        ev.adapter_aucs["student"]["es"] - ev.adapter_aucs["undistilled"]["es"])
+    assert table["teacher_adapter"].iloc[-1] == pytest.approx(ev.adapter_mean("teacher"))
+    assert metrics["adapter_auc.student.en"] == ev.adapter_aucs["student"]["en"]
+
+
+def test_the_adapter_view_is_an_arrivals_first_stage_on_each_frozen_encoder(student, teacher, root, tmp_path):
+    """The teacher's adapter ROC-AUC is R[0][0] of a sequence that starts with that marketplace (same settings,
+    every pair); adapter_rows caps the pairs trained on, and 0 leaves the view out of table, metrics and card."""
+    from models.encoder_distill import read_result
+    from models.encoder_probe import adapter_aucs
+    from tasks.domain_text import load_marketplaces
+    from tasks.encoder_evaluation import evaluate_encoders
+    from tasks.encoder_reporting import encoder_card
+    from tasks.learner import marketplace_splits, run_sequence
+
+    marketplaces = load_marketplaces([str(root)])
+    splits = {m: marketplace_splits(mk) for m, mk in marketplaces.items()}
+    view = adapter_aucs(teacher, splits, LEARNER, rows=1000)
+    for m in ("en", "es"):
+        sequence = run_sequence(root, [m], LEARNER, encoder=teacher)
+        assert view[m] == pytest.approx(sequence.metrics.as_dict()["matrix"][0][0], abs=1e-6)
+    assert adapter_aucs(teacher, splits, LEARNER, rows=8)["en"] != pytest.approx(view["en"], abs=1e-6)
+
+    cfg = EncoderDistillConfig(**{**SMALL, "adapter_rows": 0})
+    result = read_result(student)
+    ev = evaluate_encoders(student, teacher, result.layers, marketplaces, cfg, LEARNER, work_dir=tmp_path)
+    assert ev.adapter_aucs == {} and "teacher_adapter" not in ev.table().columns
+    assert not any(k.startswith("adapter_auc") for k in ev.metrics())
+    card = encoder_card(name="x", checksum="c", result=result, evaluation=ev, data={})
+    assert "Frozen-encoder probes" in card and "Adapter view" not in card
 
 
 def test_latency_measurement_restores_the_thread_count_when_it_fails(monkeypatch, teacher):
@@ -200,7 +233,7 @@ def _request(student: Path, teacher: EncoderRef, root: Path, tmp_path: Path):
 
     result = read_result(student)
     ev = evaluate_encoders(student, teacher, result.layers, load_marketplaces([str(root)]),
-                           EncoderDistillConfig(**SMALL), work_dir=tmp_path / "eval")
+                           EncoderDistillConfig(**SMALL), LEARNER, work_dir=tmp_path / "eval")
     return EncoderRegistrationRequest(name="tiny shop", student=resolve_encoder(str(student), tmp_path / "cache"),
                                       teacher=teacher, result=result, evaluation=ev, data={"data": str(root)})
 
@@ -249,7 +282,7 @@ def test_registration_is_all_or_nothing_and_never_twice(tracking, student, teach
     assert mv.tags["checksum"] == request.student.checksum == hashlib.sha256(
         (student / "model.safetensors").read_bytes()).hexdigest()
     assert mv.tags["layers"] == "0,3" and mv.tags["teacher"] == teacher.name and "ms_per_pair.b1" in mv.tags
-    assert "Frozen-encoder probes" in mv.description
+    assert "Frozen-encoder probes" in mv.description and "## Adapter view" in mv.description
     with mlflow.start_run():
         again = encoder_registry.register_encoder(request)
     assert again.already_registered and again.version == "1"
@@ -264,7 +297,7 @@ def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root
     from flows.adapt_encoder import adapt_encoder
 
     out = mcl / "encoders" / "shop-small"
-    result = adapt_encoder(data=[str(root)], out=str(out), teacher=str(teacher.path), distill=SMALL)
+    result = adapt_encoder(data=[str(root)], out=str(out), teacher=str(teacher.path), distill=SMALL, learner=LEARNER)
     assert (result["name"], result["version"], result["already_registered"]) == ("encoder-shop-small", "1", False)
     checksum = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert result["checksum"] == checksum and result["steps"] == 3 and result["layers"] == [0, 3]
@@ -280,7 +313,9 @@ def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root
     assert [m.step for m in curve] == [1, 2, 3]
     run = client.get_run(mv.run_id)
     assert run.data.metrics["parameters.student"] < run.data.metrics["parameters.teacher"]
-    assert {"probe_auc.student.en", "ks_p.undistilled.es", "ms_per_pair.teacher.b1"} <= set(run.data.metrics)
+    assert {"probe_auc.student.en", "ks_p.undistilled.es", "ms_per_pair.teacher.b1",
+            "adapter_auc.undistilled.es"} <= set(run.data.metrics)
+    assert run.data.params["learner.adapter.epochs"] == "2" and run.data.params["adapter_rows"] == "800"
     assert [r["marketplace"] for r in result["evaluation"]] == ["en", "es", "mean"]
 
     downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/encoder-shop-small/1",
@@ -289,7 +324,7 @@ def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root
     b = AutoModel.from_pretrained(out, add_pooling_layer=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
-    again = adapt_encoder(data=[str(root)], out=str(out), teacher=str(teacher.path), distill=SMALL)
+    again = adapt_encoder(data=[str(root)], out=str(out), teacher=str(teacher.path), distill=SMALL, learner=LEARNER)
     assert again["already_registered"] and again["reused"] and again["version"] == "1"
     assert len(client.search_model_versions("name = 'encoder-shop-small'")) == 1
 
@@ -300,11 +335,15 @@ def test_mcl_encoder_distill_runs_the_flow_and_refuses_bad_settings_and_data(mcl
     sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     out = mcl / "cli-student"
     result = CliRunner().invoke(app, ["encoder", "distill", "--data", str(root), "--teacher", str(teacher.path),
-                                      "--out", str(out), "--name", "cli", *sets])
+                                      "--out", str(out), "--name", "cli", "--learner-preset", "demo-quick", *sets])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "registered as encoder-cli version 1" in text and f"--encoder {out}" in text
     assert "frozen-encoder probes" in text and "latency per pair, 1 CPU thread, batch 1" in text
+    assert "adapter view: test ROC-AUC of one adapter and head per marketplace" in text
+    client = mlflow.tracking.MlflowClient()
+    params = client.get_run(client.get_model_version("encoder-cli", "1").run_id).data.params
+    assert params["learner.adapter.epochs"] == "2", "the adapter view trains with --learner-preset's (demo-quick)"
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
 
     bad = CliRunner().invoke(app, ["encoder", "distill", "--data", str(root), "--out", str(tmp_path / "x"),
@@ -333,7 +372,8 @@ def test_every_distill_setting_is_reachable_with_set_and_printed(tmp_path):
                "max_length": 32,
                "train_word_embeddings": False, "checkpoint_steps": 5, "splits": ["train"], "descriptions": False,
                "pairs": True, "prefixes": True,
-               "max_texts": 100, "eval_seeds": 7, "probe_fraction": 0.5, "eval_batch_size": 8, "latency_pairs": 16,
+               "max_texts": 100, "eval_seeds": 7, "probe_fraction": 0.5, "eval_batch_size": 8, "adapter_rows": 50,
+               "latency_pairs": 16,
                "latency_batch_sizes": [1, 8], "latency_repeats": 5, "precision": "fp32", "device": "cpu",
                "seed": 7}
     assert set(changed) == set(EncoderDistillConfig.model_fields), "a new setting needs a value here"
@@ -373,7 +413,7 @@ def test_the_flow_and_its_deployment_describe_every_parameter():
                       if d["entrypoint"] == "flows/adapt_encoder.py:adapt_encoder")
     flow = load_flow_from_entrypoint(str(root / deployment["entrypoint"]))
     properties = flow.parameters.model_dump()["properties"]
-    assert set(properties) == {"data", "out", "teacher", "name", "distill"}
+    assert set(properties) == {"data", "out", "teacher", "name", "distill", "learner"}
     assert all(p.get("description", "").strip() for p in properties.values())
     assert set(deployment.get("parameters", {})) <= set(properties) and "mcl" in deployment["tags"]
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from flows.commands.settings import run_configs
 from flows.console import configure_logging, console
 
 app = typer.Typer(
@@ -131,6 +132,19 @@ def evaluation_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def adapter_table(result: dict[str, Any]) -> Table | None:
+    """The adapter view per marketplace (one adapter and head on each frozen encoder), or None when skipped."""
+    if not result["adapter_aucs"]:
+        return None
+    table = Table(title="adapter view: test ROC-AUC of one adapter and head per marketplace on each frozen encoder")
+    for column in ("marketplace", "student", "teacher", "undistilled", "vs teacher", "vs undistilled"):
+        table.add_column(column, justify="left" if column == "marketplace" else "right")
+    for row in result["evaluation"]:
+        table.add_row(row["marketplace"], *(f"{row[f'{k}_adapter']:.4f}" for k in ("student", "teacher", "undistilled")),
+                      f"{row['adapter_vs_teacher']:+.4f}", f"{row['adapter_vs_undistilled']:+.4f}")
+    return table
+
+
 @app.command()
 def distill(
     data: Annotated[list[str], typer.Option(
@@ -145,6 +159,9 @@ def distill(
     preset: DistillPresetOption = None,
     config: DistillConfigOption = None,
     sets: DistillSetOption = None,
+    learner_preset: Annotated[Optional[str], typer.Option(
+        help="Learner preset the adapter view trains its adapters with, as an arrival would (see `mcl config "
+             "presets`; default: the arrival's).")] = None,
     verbose: bool = False,
 ) -> None:
     """Distil the base encoder into one with half the layers on the marketplaces' text, evaluate it frozen against
@@ -153,6 +170,7 @@ def distill(
     Settings come from --preset, --config and --set (`mcl encoder distill-config` lists them all)."""
     configure_logging(verbose)
     cfg = distill_settings(preset, config, sets)
+    learner, _ = run_configs("arrival", learner_preset, None, None)
     from flows.commands.local_prefect import patient_local_prefect
     from models.encoder_distill import DistillOutputError
     from models.encoders import EncoderNotFoundError
@@ -170,10 +188,12 @@ def distill(
 
     started = time.perf_counter()
     try:
-        result = adapt_encoder(data=data, out=str(out), teacher=teacher, name=name, distill=cfg)
+        result = adapt_encoder(data=data, out=str(out), teacher=teacher, name=name, distill=cfg, learner=learner)
     except failures as err:
         _fail(err)
     console.print(evaluation_table(result))
+    if (adapters := adapter_table(result)) is not None:
+        console.print(adapters)
     for size, ms in result["latency_ms"]["student"].items():
         teacher_ms = result["latency_ms"]["teacher"][size]
         console.print(f"latency per pair, 1 CPU thread, batch {size}: student {ms:.2f} ms, teacher {teacher_ms:.2f} ms "
