@@ -44,7 +44,8 @@ def _bars(ax, markets: Sequence[str], values: Mapping[str, Sequence[float]],
         ax.bar(np.arange(len(markets)) + i * width, values[kind], width, capsize=3, label=kind,
                yerr=None if spread is None else spread[kind])
     ax.set_xticks(np.arange(len(markets)) + width * (len(KINDS) - 1) / 2, markets)
-    ax.set_ylim(max(0.0, min(min(v) for v in values.values()) - 0.05), 1.0)
+    low = min(v - (spread[k][j] if spread else 0.0) for k in KINDS for j, v in enumerate(values[k]))
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)  # the lowest bar, error bar included, stays in view
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     ax.set_title(title)
