@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import candidate
 from models.config import EncoderDistillConfig, LearnerConfig
-from models.encoder_distill import run_fingerprint
+from models.encoder_distill import plan_student, run_fingerprint
 from tasks.config import flat
 from tasks.domain_text import distill_inputs, load_marketplaces, texts_hash
 from tasks.encoder_registry import EncoderRegistrationRequest, encoder_model_name
@@ -70,6 +70,9 @@ def adapt_encoder(
     # Bad input fails here, before a teacher is loaded or anything is trained.
     marketplaces = load_marketplaces(data, s3_endpoint_url=settings.s3_endpoint_url)
     ref = resolve_settings_encoder(settings, teacher)
+    plan = plan_student(ref.path, distill)
+    log.info("student: teacher layers %s (of %d); distillation trains student layers %s, matched to teacher layers "
+             "%s", plan.layers, plan.teacher_layers, plan.trained, plan.matched)
     candidate.start_tracking(settings)
     out_dir = Path(out).expanduser().resolve()
     model_name = encoder_model_name(name or out_dir.name)
@@ -107,7 +110,8 @@ def adapt_encoder(
     return {
         "name": registration.name, "version": registration.version, "already_registered":
             registration.already_registered, "run_id": registration.run_id, "path": str(student.path),
-        "checksum": student.checksum, "teacher": ref.name, "layers": result.layers, "losses": result.losses,
+        "checksum": student.checksum, "teacher": ref.name, "layers": result.layers,
+        "trained_layers": result.trained_layers, "losses": result.losses,
         "texts": result.texts, "steps": result.steps, "seconds": result.seconds, "reused": result.reused,
         "evaluation": table.to_dict(orient="records"), "adapter_aucs": evaluation.adapter_aucs,
         "latency_ms": evaluation.latency_ms,

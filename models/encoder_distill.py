@@ -76,14 +76,6 @@ class DistillOutputError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- the student
-def default_layers(teacher_layers: int) -> list[int]:
-    """Half the depth, evenly spaced from the first layer to the last: round(linspace(0, L − 1, L / 2)).
-
-    For 12 layers that is DistilBERT's and the paper's [0, 2, 4, 7, 9, 11]; keeping the first and the last layer
-    keeps the embedding interface and the output space the teacher's."""
-    return evenly_spaced_layers(teacher_layers, max(1, teacher_layers // 2))
-
-
 def evenly_spaced_layers(teacher_layers: int, count: int) -> list[int]:
     """``count`` of ``teacher_layers`` layers, evenly spaced from the first to the last (rounded half up)."""
     if not 1 <= count <= teacher_layers:
@@ -92,12 +84,16 @@ def evenly_spaced_layers(teacher_layers: int, count: int) -> list[int]:
 
 
 def copied_layers(teacher_layers: int, count: int, choice: str) -> list[int]:
-    """The layers a student copies: the first ``count`` (``bottom``: the top layers dropped) or
-    :func:`evenly_spaced_layers` (``evenly``)."""
-    if choice not in ("bottom", "evenly"):
-        raise ValueError(f"unknown layer choice {choice!r}: bottom or evenly")
+    """The layers a student copies: the first ``count`` (``bottom``: the top layers dropped),
+    :func:`evenly_spaced_layers` (``evenly``; for 12 -> 6 DistilBERT's [0, 2, 4, 7, 9, 11]) or the first
+    ``count`` - 1 and the last (``bottom-and-last``: a contiguous block that computes exactly what the teacher's
+    bottom does, then the teacher's output layer, so the output space stays the teacher's)."""
+    if choice not in ("bottom", "evenly", "bottom-and-last"):
+        raise ValueError(f"unknown layer choice {choice!r}: bottom, evenly or bottom-and-last")
     spread = evenly_spaced_layers(teacher_layers, count)  # checks that the teacher has ``count`` layers
-    return spread if choice == "evenly" else list(range(count))
+    if choice == "evenly":
+        return spread
+    return list(range(count)) if choice == "bottom" else [*range(count - 1), teacher_layers - 1]
 
 
 def matched_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -106,14 +102,81 @@ def matched_layers(teacher_layers: int, student_layers: int) -> list[int]:
     return [(k + 1) * teacher_layers // student_layers - 1 for k in range(student_layers)]
 
 
-def resolve_layers(teacher_layers: int, layers: Sequence[int] | None) -> list[int]:
-    """The layers to copy: the configured ones (checked against the teacher's depth) or :func:`default_layers`."""
-    chosen = list(layers) if layers is not None else default_layers(teacher_layers)
-    bad = [i for i in chosen if not 0 <= i < teacher_layers]
+def layer_targets(teacher_layers: int, layers: Sequence[int], match: str) -> list[int]:
+    """The teacher layer each student layer imitates: :func:`matched_layers` (``uniform``), or the layer it was
+    copied from (``copied``), so that a copied block that already computes what the teacher computes there is
+    asked to keep doing it, and only the layers that stand in for dropped ones are pulled towards new work."""
+    if match not in ("uniform", "copied"):
+        raise ValueError(f"unknown layer match {match!r}: uniform or copied")
+    return list(layers) if match == "copied" else matched_layers(teacher_layers, len(layers))
+
+
+def resolve_layers(teacher_layers: int, layers: Sequence[int] | None, choice: str) -> list[int]:
+    """The layers to copy: the configured ones, or half the teacher's depth as :func:`copied_layers` chooses them."""
+    if layers is None:
+        return copied_layers(teacher_layers, max(1, teacher_layers // 2), choice)
+    return check_layers(teacher_layers, layers)
+
+
+def check_layers(teacher_layers: int, layers: Sequence[int]) -> list[int]:
+    """``layers`` as a list, once every index is known to exist in a teacher of ``teacher_layers`` layers."""
+    bad = [i for i in layers if not 0 <= i < teacher_layers]
     if bad:
         raise ValueError(f"layers {bad} do not exist in a teacher with {teacher_layers} layers "
                          f"(0..{teacher_layers - 1})")
-    return chosen
+    return list(layers)
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """Which teacher layers the student copies, which of its layers distillation trains, and which teacher layer
+    each student layer is matched to: known from the teacher's config and the settings alone, so a flow can check
+    them before any text is read or model loaded."""
+
+    teacher_layers: int
+    layers: list[int]
+    trained: list[int]
+    matched: list[int]
+
+
+class StudentPlanError(ValueError):
+    """The layer settings ask for something this teacher does not have."""
+
+
+def plan_student(teacher: Path, cfg: EncoderDistillConfig) -> StudentPlan:
+    """The :class:`StudentPlan` of distilling ``teacher`` with ``cfg``; :class:`StudentPlanError` names the setting
+    that does not fit this teacher (a layer it does not have, more trained layers than the student has)."""
+    depth = int(AutoConfig.from_pretrained(str(teacher)).num_hidden_layers)
+    try:
+        layers = resolve_layers(depth, cfg.layers, cfg.layer_choice)
+        return StudentPlan(depth, layers, trained_layers(len(layers), cfg.train_layers),
+                           layer_targets(depth, layers, cfg.layer_match))
+    except ValueError as err:
+        raise StudentPlanError(f"the distillation settings do not fit the teacher at {teacher}: {err}") from err
+
+
+def trained_layers(student_layers: int, train_layers: int | str) -> list[int]:
+    """The student layers (0-based) distillation trains: its top ``train_layers``, or every one (``all``)."""
+    if train_layers == "all":
+        return list(range(student_layers))
+    if not 1 <= int(train_layers) <= student_layers:
+        raise ValueError(f"train_layers {train_layers} does not fit a student of {student_layers} layers "
+                         f"(1..{student_layers}, or all)")
+    return list(range(student_layers - int(train_layers), student_layers))
+
+
+def freeze_untrained(student: PreTrainedModel, trained: Sequence[int], *, train_word_embeddings: bool) -> None:
+    """Leave only the ``trained`` layers trainable. With every layer trained the embeddings follow
+    ``train_word_embeddings`` (DistilBERT trains them); with a subset, everything else -- embeddings included --
+    stays the teacher's copy, so adapters placed in those layers see exactly what they would on the teacher."""
+    layers = student.encoder.layer
+    if len(trained) == len(layers):
+        if not train_word_embeddings:
+            student.get_input_embeddings().weight.requires_grad_(False)
+        return
+    student.requires_grad_(False)
+    for k in trained:
+        layers[k].requires_grad_(True)
 
 
 def has_pooler(folder: Path) -> bool:
@@ -132,7 +195,7 @@ def has_pooler(folder: Path) -> bool:
     return False
 
 
-def build_student(teacher: Path, out_dir: Path, layers: Sequence[int] | None = None) -> Path:
+def build_student(teacher: Path, out_dir: Path, layers: Sequence[int]) -> Path:
     """Write the student (the teacher's embeddings and ``layers``, copied bit for bit) and the teacher's tokenizer.
 
     The student carries a pooler only when the teacher's folder has one, so it loads exactly as the teacher does:
@@ -143,12 +206,12 @@ def build_student(teacher: Path, out_dir: Path, layers: Sequence[int] | None = N
     return out_dir
 
 
-def student_encoder(teacher: Path, layers: Sequence[int] | None = None) -> PreTrainedModel:
-    """The teacher's architecture with only ``layers`` (default: :func:`default_layers`), in memory: its embeddings
-    and those layers copied bit for bit, a pooler only when the teacher's folder has one."""
+def student_encoder(teacher: Path, layers: Sequence[int]) -> PreTrainedModel:
+    """The teacher's architecture with only ``layers``, in memory: its embeddings and those layers copied bit for
+    bit, a pooler only when the teacher's folder has one."""
     pooler = has_pooler(teacher)
     base = AutoModel.from_pretrained(str(teacher), add_pooling_layer=pooler)
-    chosen = resolve_layers(int(base.config.num_hidden_layers), layers)
+    chosen = check_layers(int(base.config.num_hidden_layers), layers)
     config = copy.deepcopy(base.config)
     config.num_hidden_layers = len(chosen)
     student = type(base)(config, add_pooling_layer=pooler)
@@ -272,6 +335,7 @@ class DistillResult:
     seconds: float
     fingerprint: str
     history: list[dict[str, float]] = field(default_factory=list)
+    trained_layers: list[int] | None = None  # student layers distillation trained (None: recorded before it was kept)
     resumed_at: int = 0  # the optimiser step a checkpoint was resumed from (0: started fresh)
     reused: bool = False  # the output folder already held this very distillation: nothing was trained
 
@@ -409,17 +473,19 @@ def distill_encoder(
         return DistillResult(**{**finished.as_dict(), "path": str(out_dir), "reused": True})
 
     device = resolve_device(cfg.device)
-    teacher_layers = int(AutoConfig.from_pretrained(str(teacher.path)).num_hidden_layers)
-    layers = resolve_layers(teacher_layers, cfg.layers)
-    objective = _Objective(teacher_has_mlm_head(teacher.path, cfg.teacher_head), cfg,
-                           matched_layers(teacher_layers, len(layers)))
+    plan = plan_student(teacher.path, cfg)
+    teacher_layers, layers, trained = plan.teacher_layers, plan.layers, plan.trained
+    objective = _Objective(teacher_has_mlm_head(teacher.path, cfg.teacher_head), cfg, plan.matched)
+    if objective.mlm and len(trained) < len(layers):
+        log.warning("%s has an MLM head, and only student layers %s are distilled: the defaults were chosen on a "
+                    "teacher without one (multilingual-e5-small); the paper's recipe for an MLM teacher is "
+                    "`--preset paper` (every layer trained)", teacher.name, trained)
     initial = build_student(teacher.path, work_dir / "student-init", layers)
     t_model, student, head = _load(teacher.path, initial, objective, device)
     tokenizer = AutoTokenizer.from_pretrained(str(initial))
     features = [dict(f) for f in _tokenise(tokenizer, texts, cfg.max_length, objective.mlm)]
     collate = _collator(tokenizer, objective)
-    if not cfg.train_word_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
+    freeze_untrained(student, trained, train_word_embeddings=cfg.train_word_embeddings)
     modules = [student] + ([head] if head is not None else [])
     params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
 
@@ -443,8 +509,9 @@ def distill_encoder(
             log.info("resuming the distillation from %s at step %d of %d", checkpoint, start, total)
         else:
             log.warning("%s belongs to another distillation; starting over", checkpoint)
-    log.info("distilling %s (%d layers -> %s) on %d texts: %s; %d optimiser steps", teacher.name, teacher_layers,
-             layers, len(texts), ", ".join(objective.losses), total)
+    log.info("distilling %s (%d layers -> %s, training student layers %s against teacher layers %s) on %d texts: "
+             "%s; %d optimiser steps", teacher.name, teacher_layers, layers, trained, objective.matched, len(texts),
+             ", ".join(objective.losses), total)
 
     weights = objective.weights
     orders: dict[int, np.ndarray] = {}
@@ -491,8 +558,9 @@ def distill_encoder(
 
     result = DistillResult(
         path=str(out_dir), teacher=teacher.name, teacher_checksum=teacher.checksum, teacher_layers=teacher_layers,
-        layers=layers, matched_layers=objective.matched, mlm_teacher=objective.mlm, losses=objective.losses,
-        texts=len(texts), steps=total, epochs=round(total / steps_per_epoch, 4), seconds=seconds,
+        layers=layers, matched_layers=objective.matched, trained_layers=trained, mlm_teacher=objective.mlm,
+        losses=objective.losses, texts=len(texts), steps=total, epochs=round(total / steps_per_epoch, 4),
+        seconds=seconds,
         fingerprint=fingerprint, history=history, resumed_at=start,
     )
     _publish(student.cpu(), tokenizer, t_model.config, result, cfg, out_dir)

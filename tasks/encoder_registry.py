@@ -106,6 +106,7 @@ def version_tags(r: EncoderRegistrationRequest) -> dict[str, str]:
         "teacher": r.teacher.name,
         "teacher_checksum": r.teacher.checksum,
         "layers": ",".join(map(str, res.layers)),
+        "trained_layers": ",".join(map(str, res.trained_layers or range(len(res.layers)))),
         "teacher_layers": str(res.teacher_layers),
         "losses": ",".join(res.losses),
         "parameters": str(ev.parameters["student"]),

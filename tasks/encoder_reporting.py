@@ -18,6 +18,17 @@ if TYPE_CHECKING:
     from models.encoder_distill import DistillResult
 
 
+def trained_phrase(result: DistillResult) -> str:
+    """Which student layers distillation changed, in words a reviewer checks against the adapter view."""
+    trained = result.trained_layers
+    if trained is None or len(trained) == len(result.layers):
+        return "every layer distilled"
+    kept = [layer for k, layer in enumerate(result.layers) if k not in trained]
+    return (f"distillation trained student layers {trained} (matched to teacher layers "
+            f"{[result.matched_layers[k] for k in trained]}); the embeddings and teacher layers {kept} are the "
+            "teacher's, bit for bit")
+
+
 def loss_figure(history: Sequence[Mapping[str, float]], losses: Sequence[str]) -> Figure:
     """The weighted total and each loss term against the optimiser step (log scale: the terms differ by orders)."""
     fig = Figure(figsize=(7, 4))
@@ -94,8 +105,8 @@ def encoder_card(*, name: str, checksum: str, result: DistillResult,
         "",
         f"- **Teacher**: `{result.teacher}` ({result.teacher_layers} layers, checksum "
         + f"`{result.teacher_checksum[:12]}`)",
-        f"- **Student**: {len(result.layers)} layers initialised from teacher layers {result.layers}; checksum "
-        + f"`{checksum}`",
+        f"- **Student**: {len(result.layers)} layers initialised from teacher layers {result.layers}; "
+        + f"{trained_phrase(result)}; checksum `{checksum}`",
         f"- **Losses**: {', '.join(result.losses)} ({kind})",
         f"- **Text**: {result.texts:,} distinct texts from {data.get('marketplaces', '')} (splits "
         + f"{data.get('splits', '')})",

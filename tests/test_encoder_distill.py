@@ -43,20 +43,26 @@ def base_teacher(tmp_path_factory) -> EncoderRef:
 
 
 # --------------------------------------------------------------------------------------------- the student
-def test_layer_choice_is_distilberts_for_twelve_layers_and_evenly_spaced_otherwise():
-    assert D.default_layers(12) == [0, 2, 4, 7, 9, 11]
+def test_half_depth_students_copy_the_bottom_and_the_last_layer_by_default_or_distilberts_spread():
+    assert EncoderDistillConfig().layer_choice == "bottom-and-last"
+    assert D.resolve_layers(12, None, "bottom-and-last") == [0, 1, 2, 3, 4, 11]
+    assert D.resolve_layers(12, None, "evenly") == [0, 2, 4, 7, 9, 11]  # DistilBERT's and the paper's
     assert D.matched_layers(12, 6) == [1, 3, 5, 7, 9, 11]  # student layer k <-> teacher layer 2k + 1
-    assert D.default_layers(4) == [0, 3] and D.matched_layers(4, 2) == [1, 3]
-    assert D.default_layers(24) == [0, 2, 4, 6, 8, 10, 13, 15, 17, 19, 21, 23]
-    assert D.default_layers(1) == [0]
+    assert D.resolve_layers(4, None, "evenly") == D.resolve_layers(4, None, "bottom-and-last") == [0, 3]
+    assert D.matched_layers(4, 2) == [1, 3]
+    assert D.resolve_layers(24, None, "evenly") == [0, 2, 4, 6, 8, 10, 13, 15, 17, 19, 21, 23]
+    assert D.resolve_layers(1, None, "evenly") == [0]
+    assert D.resolve_layers(12, [3, 5], "evenly") == [3, 5], "configured layers win over the choice"
     with pytest.raises(ValueError, match=r"layers \[12\] do not exist in a teacher with 12 layers"):
-        D.resolve_layers(12, [0, 12])
+        D.resolve_layers(12, [0, 12], "evenly")
 
 
 def test_copied_layers_keep_the_bottom_ones_or_spread_them():
     assert D.copied_layers(12, 8, "bottom") == [0, 1, 2, 3, 4, 5, 6, 7]
     assert D.copied_layers(12, 4, "evenly") == [0, 4, 7, 11]
     assert D.copied_layers(12, 12, "bottom") == D.copied_layers(12, 12, "evenly") == list(range(12))
+    assert D.copied_layers(12, 6, "bottom-and-last") == [0, 1, 2, 3, 4, 11]
+    assert D.copied_layers(12, 12, "bottom-and-last") == list(range(12))
     with pytest.raises(ValueError, match="cannot take 13 layers from a teacher with 12"):
         D.copied_layers(12, 13, "bottom")
     with pytest.raises(ValueError, match="unknown layer choice 'top'"):
@@ -65,7 +71,7 @@ def test_copied_layers_keep_the_bottom_ones_or_spread_them():
 
 def test_twelve_layer_student_copies_layers_0_2_4_7_9_11_bit_for_bit(tmp_path):
     teacher_dir = build_tiny_encoder(tmp_path / "t12", TEXTS, hidden_size=16, num_layers=12, num_heads=2, seed=3)
-    student_dir = D.build_student(teacher_dir, tmp_path / "student")
+    student_dir = D.build_student(teacher_dir, tmp_path / "student", D.resolve_layers(12, None, "evenly"))
     teacher, student = AutoModel.from_pretrained(teacher_dir), AutoModel.from_pretrained(student_dir)
     assert student.config.num_hidden_layers == 6 and type(student).__name__ == "BertModel"
     for k, src in enumerate([0, 2, 4, 7, 9, 11]):
@@ -159,7 +165,7 @@ def test_sentence_vector_losses_by_hand_pool_over_real_tokens_only():
 def test_layer_and_attention_terms_match_student_layer_k_with_teacher_layer_2k_plus_1(base_teacher, tmp_path):
     cfg = EncoderDistillConfig(**QUICK)
     objective = D._Objective(False, cfg, D.matched_layers(4, 2))
-    student_dir = D.build_student(base_teacher.path, tmp_path / "s")
+    student_dir = D.build_student(base_teacher.path, tmp_path / "s", [0, 3])
     teacher, student, head = D._load(base_teacher.path, student_dir, objective, torch.device("cpu"))
     student.eval()  # no dropout: the by-hand forward passes below must see the same network
     tok = AutoTokenizer.from_pretrained(student_dir)
@@ -184,6 +190,30 @@ def test_layer_and_attention_terms_match_student_layer_k_with_teacher_layer_2k_p
     assert parts["cos"].item() > 0
 
 
+def test_copied_layer_match_asks_a_copied_block_only_to_keep_what_it_computes(base_teacher, tmp_path):
+    assert D.layer_targets(12, [0, 1, 2, 3, 4, 11], "copied") == [0, 1, 2, 3, 4, 11]
+    assert D.layer_targets(12, [0, 1, 2, 3, 4, 11], "uniform") == [1, 3, 5, 7, 9, 11]
+    with pytest.raises(ValueError, match="unknown layer match 'nearest': uniform or copied"):
+        D.layer_targets(12, [0, 11], "nearest")
+    batch_texts = ["red shoe", "zapato azul deluxe edition", "blue lamp"]
+    parts = {}
+    for match in ("copied", "uniform"):
+        objective = D._Objective(False, EncoderDistillConfig(**QUICK, layer_match=match),
+                                 D.layer_targets(4, [0, 1], match))
+        student_dir = D.build_student(base_teacher.path, tmp_path / match, [0, 1])
+        teacher, student, head = D._load(base_teacher.path, student_dir, objective, torch.device("cpu"))
+        student.eval()
+        tok = AutoTokenizer.from_pretrained(student_dir)
+        batch = dict(tok(batch_texts, padding=True, return_tensors="pt"))
+        parts[match] = D.distillation_losses(objective, teacher, student, head, batch)
+    # the bottom two layers, copied and matched to themselves, compute exactly the teacher's layers 0 and 1 ...
+    assert parts["copied"]["hidden"].item() < 1e-10 and parts["copied"]["attention"].item() < 1e-6
+    # ... where the uniform mapping asks them to be the teacher's layers 1 and 3; the output losses are the same
+    assert parts["uniform"]["hidden"].item() > 1e-5 and parts["uniform"]["attention"].item() > 1e-5
+    assert parts["copied"]["cos"].item() == pytest.approx(parts["uniform"]["cos"].item(), rel=1e-6)
+    assert parts["copied"]["cos"].item() > 0, "layers 2 and 3 are gone: the output is not the teacher's"
+
+
 def test_sentence_vector_losses_are_weighted_settings_of_a_teacher_without_mlm_head(base_teacher, tmp_path):
     assert set(D._Objective(True, EncoderDistillConfig(alpha_pooled=3.0), [1, 3]).losses) == {"ce", "mlm", "cos"}, \
         "an MLM teacher keeps DistilBERT's three losses"
@@ -191,7 +221,7 @@ def test_sentence_vector_losses_are_weighted_settings_of_a_teacher_without_mlm_h
     objective = D._Objective(False, EncoderDistillConfig(**QUICK, alpha_pooled=3.0, alpha_similarity=0.0),
                              D.matched_layers(4, 2))
     assert objective.weights["pooled"] == 3.0 and "similarity" not in objective.losses
-    student_dir = D.build_student(base_teacher.path, tmp_path / "s")
+    student_dir = D.build_student(base_teacher.path, tmp_path / "s", [0, 3])
     teacher, student, head = D._load(base_teacher.path, student_dir, objective, torch.device("cpu"))
     student.eval()
     tok = AutoTokenizer.from_pretrained(student_dir)
@@ -207,8 +237,8 @@ def test_sentence_vector_losses_are_weighted_settings_of_a_teacher_without_mlm_h
 def test_mlm_teacher_gets_distilberts_three_losses(mlm_teacher, tmp_path):
     cfg = EncoderDistillConfig(**QUICK)
     objective = D._Objective(True, cfg, D.matched_layers(4, 2))
-    teacher, student, head = D._load(mlm_teacher.path, D.build_student(mlm_teacher.path, tmp_path / "s"), objective,
-                                     torch.device("cpu"))
+    student_dir = D.build_student(mlm_teacher.path, tmp_path / "s", [0, 3])
+    teacher, student, head = D._load(mlm_teacher.path, student_dir, objective, torch.device("cpu"))
     student.eval()
     head.eval()
     tok = AutoTokenizer.from_pretrained(mlm_teacher.path)
@@ -276,15 +306,18 @@ def training_objective(teacher: EncoderRef, student_dir: Path, mlm: bool) -> flo
 @pytest.mark.parametrize("kind", ["mlm", "base"])
 def test_distillation_lowers_the_loss_and_saves_a_plain_encoder(kind, mlm_teacher, base_teacher, tmp_path):
     teacher = mlm_teacher if kind == "mlm" else base_teacher
-    cfg = EncoderDistillConfig(**QUICK, epochs=4, learning_rate=2e-3)
+    paper = {"train_layers": "all", "layer_match": "uniform"} if kind == "mlm" else {}  # the `paper` preset
+    cfg = EncoderDistillConfig(**QUICK, epochs=4, learning_rate=2e-3, **paper)
     result = D.distill_encoder(TEXTS, teacher, tmp_path / "out", cfg, work_dir=tmp_path / "work")
     losses = [r["loss"] for r in result.history]
     assert result.steps == len(losses) == 4 * math.ceil(math.ceil(len(TEXTS) / 8) / 2)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     without_head = ["cos", "mse", "hidden", "attention", "similarity"]
     assert result.losses == (["ce", "mlm", "cos"] if kind == "mlm" else without_head)
-    assert (result.layers, result.matched_layers, result.texts) == ([0, 3], [1, 3], len(TEXTS))
-    initial = D.build_student(teacher.path, tmp_path / "undistilled")
+    expected = ([1, 3], [0, 1]) if kind == "mlm" else ([0, 3], [1])
+    assert (result.layers, (result.matched_layers, result.trained_layers), result.texts) == ([0, 3], expected,
+                                                                                            len(TEXTS))
+    initial = D.build_student(teacher.path, tmp_path / "undistilled", [0, 3])
     assert training_objective(teacher, tmp_path / "out", kind == "mlm") < training_objective(teacher, initial,
                                                                                               kind == "mlm")
     assert not (tmp_path / "work" / D.CHECKPOINT).exists(), "the finished folder supersedes the checkpoint"
@@ -292,6 +325,37 @@ def test_distillation_lowers_the_loss_and_saves_a_plain_encoder(kind, mlm_teache
     assert saved["architectures"] == ["BertModel"] and saved["num_hidden_layers"] == 2
     assert D.read_result(tmp_path / "out").fingerprint == result.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no temp folder left behind"
+
+
+@pytest.mark.parametrize("train_layers", [1, "all"])
+def test_distillation_trains_only_the_top_layers_it_is_told_to(train_layers, base_teacher, tmp_path):
+    cfg = EncoderDistillConfig(**QUICK, max_steps=3, learning_rate=2e-3, train_layers=train_layers)
+    result = D.distill_encoder(TEXTS, base_teacher, tmp_path / "out", cfg, work_dir=tmp_path / "work")
+    assert result.trained_layers == ([1] if train_layers == 1 else [0, 1])
+    teacher = AutoModel.from_pretrained(base_teacher.path, add_pooling_layer=False).state_dict()
+    student = AutoModel.from_pretrained(tmp_path / "out", add_pooling_layer=False).state_dict()
+    source = {"encoder.layer.0.": "encoder.layer.0.", "encoder.layer.1.": "encoder.layer.3."}
+
+    def same(prefix: str) -> bool:
+        keys = [k for k in student if k.startswith(prefix)]
+        return bool(keys) and all(torch.equal(student[k], teacher[k.replace(prefix, source.get(prefix, prefix))])
+                                  for k in keys)
+    assert not same("encoder.layer.1."), "the top layer was distilled"
+    assert same("encoder.layer.0.") == same("embeddings.") == (train_layers == 1), \
+        "below the trained layers the student is the teacher's copy, bit for bit"
+
+
+def test_layer_settings_that_do_not_fit_the_teacher_fail_before_anything_is_written(base_teacher, tmp_path):
+    plan = D.plan_student(base_teacher.path, EncoderDistillConfig())
+    assert (plan.teacher_layers, plan.layers, plan.trained, plan.matched) == (4, [0, 3], [1], [0, 3])
+    for bad, message in (({"train_layers": 3}, "train_layers 3 does not fit a student of 2 layers"),
+                         ({"layers": [0, 4]}, r"layers \[4\] do not exist in a teacher with 4 layers")):
+        with pytest.raises(D.StudentPlanError, match=message):
+            D.distill_encoder(TEXTS, base_teacher, tmp_path / "out", EncoderDistillConfig(**QUICK, **bad),
+                              work_dir=tmp_path / "work")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="train_layers must be at least 1, or all"):
+        EncoderDistillConfig(train_layers=0)
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(mlm_teacher, tmp_path):
@@ -374,7 +438,8 @@ def test_length_grouped_batches_are_a_seeded_permutation_with_less_padding():
 
 
 def test_frozen_word_embeddings_stay_the_teachers(base_teacher, tmp_path):
-    cfg = EncoderDistillConfig(**QUICK, max_steps=3, train_word_embeddings=False, learning_rate=1e-2)
+    cfg = EncoderDistillConfig(**QUICK, max_steps=3, train_layers="all", train_word_embeddings=False,
+                               learning_rate=1e-2)
     D.distill_encoder(TEXTS, base_teacher, tmp_path / "out", cfg, work_dir=tmp_path / "w")
     student, teacher = AutoModel.from_pretrained(tmp_path / "out"), AutoModel.from_pretrained(base_teacher.path)
     assert torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight)

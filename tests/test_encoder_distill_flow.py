@@ -282,6 +282,7 @@ def test_registration_is_all_or_nothing_and_never_twice(tracking, student, teach
     assert mv.tags["checksum"] == request.student.checksum == hashlib.sha256(
         (student / "model.safetensors").read_bytes()).hexdigest()
     assert mv.tags["layers"] == "0,3" and mv.tags["teacher"] == teacher.name and "ms_per_pair.b1" in mv.tags
+    assert mv.tags["trained_layers"] == ",".join(map(str, request.result.trained_layers))
     assert "Frozen-encoder probes" in mv.description and "## Adapter view" in mv.description
     with mlflow.start_run():
         again = encoder_registry.register_encoder(request)
@@ -301,6 +302,7 @@ def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root
     assert (result["name"], result["version"], result["already_registered"]) == ("encoder-shop-small", "1", False)
     checksum = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert result["checksum"] == checksum and result["steps"] == 3 and result["layers"] == [0, 3]
+    assert result["trained_layers"] == [1], "by default distillation trains the student's top layer only"
     client = MlflowClient()
     mv = client.get_model_version("encoder-shop-small", "1")
     assert mv.tags["checksum"] == checksum and mv.run_id == result["run_id"]
@@ -357,13 +359,18 @@ def test_mcl_encoder_distill_runs_the_flow_and_refuses_bad_settings_and_data(mcl
     assert refused.exit_code == 1
     assert "row 5, column 'product_title': text is whitespace only" in " ".join(refused.output.split())
     assert not (tmp_path / "y").exists()
+    too_deep = CliRunner().invoke(app, ["encoder", "distill", "--data", str(root), "--teacher", str(teacher.path),
+                                        "--out", str(tmp_path / "z"), "--set", "train_layers=3"])
+    assert too_deep.exit_code == 1 and not (tmp_path / "z").exists()
+    assert "train_layers 3 does not fit a student of 2 layers" in " ".join(too_deep.output.split())
 
 
 def test_every_distill_setting_is_reachable_with_set_and_printed(tmp_path):
     from flows.cli import app
     from flows.commands.encoder import distill_settings
 
-    changed = {"layers": [1, 2], "teacher_head": "mlm", "temperature": 3.0, "alpha_ce": 1.0, "alpha_mlm": 1.0,
+    changed = {"layers": [1, 2], "layer_choice": "evenly", "layer_match": "uniform", "train_layers": "all",
+               "teacher_head": "mlm", "temperature": 3.0, "alpha_ce": 1.0, "alpha_mlm": 1.0,
                "alpha_cos": 2.0, "alpha_mse": 0.5, "alpha_hidden": 0.5, "alpha_attention": 0.0,
                "alpha_pooled": 4.0, "alpha_similarity": 4.0, "mlm_probability": 0.2, "mask_replace_prob": 0.7,
                "random_replace_prob": 0.2, "learning_rate": 1e-4,
@@ -402,6 +409,15 @@ def test_the_cpu_preset_freezes_the_embeddings_and_caps_one_pass_under_the_comma
     shown = CliRunner().invoke(app, ["encoder", "distill-config", "--preset", "cpu"])
     assert shown.exit_code == 0
     assert "train_word_embeddings = false" in shown.output and "max_steps = 520" in shown.output
+
+
+def test_the_paper_preset_is_distilberts_student_and_changes_nothing_else():
+    from flows.commands.encoder import distill_settings
+
+    paper = distill_settings("paper", None, None)
+    assert (paper.layer_choice, paper.layer_match, paper.train_layers) == ("evenly", "uniform", "all")
+    assert paper.model_copy(update={"layer_choice": "bottom-and-last", "layer_match": "copied",
+                                    "train_layers": 1}) == EncoderDistillConfig()
 
 
 def test_the_flow_and_its_deployment_describe_every_parameter():

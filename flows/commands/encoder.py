@@ -172,15 +172,18 @@ def distill(
     cfg = distill_settings(preset, config, sets)
     learner, _ = run_configs("arrival", learner_preset, None, None)
     from flows.commands.local_prefect import patient_local_prefect
-    from models.encoder_distill import DistillOutputError
+    from models.encoder_distill import DistillOutputError, StudentPlanError, plan_student
     from models.encoders import EncoderNotFoundError
     from tasks.data import DataValidationError
     from tasks.domain_text import load_marketplaces
+    from tasks.learner import resolve_settings_encoder
     from tasks.settings import get_settings
 
-    failures = (DataValidationError, EncoderNotFoundError, DistillOutputError, FileNotFoundError)
-    try:  # the data contract, checked before a Prefect server starts
-        load_marketplaces(data, s3_endpoint_url=get_settings().s3_endpoint_url)
+    failures = (DataValidationError, EncoderNotFoundError, DistillOutputError, StudentPlanError, FileNotFoundError)
+    try:  # the data contract and the student's layers, checked before a Prefect server starts
+        settings = get_settings()
+        load_marketplaces(data, s3_endpoint_url=settings.s3_endpoint_url)
+        plan_student(resolve_settings_encoder(settings, teacher).path, cfg)
     except failures as err:
         _fail(err)
     patient_local_prefect()
@@ -200,7 +203,8 @@ def distill(
                       f"({ms / teacher_ms:.2f}×)")
     params = result["parameters"]
     console.print(f"parameters: student {params['student']:,d}, teacher {params['teacher']:,d}; "
-                  f"{len(result['layers'])} layers from teacher layers {result['layers']}; losses "
+                  f"{len(result['layers'])} layers from teacher layers {result['layers']}, distillation trained "
+                  f"student layers {result['trained_layers']}; losses "
                   f"{', '.join(result['losses'])}; {result['texts']:,d} texts, {result['steps']} steps in "
                   f"{result['seconds']:.0f} s of training ({time.perf_counter() - started:.0f} s in all)")
     verb = "already registered as" if result["already_registered"] else "registered as"
