@@ -2,17 +2,18 @@
 
 The student is the teacher's own architecture with fewer layers, initialised from a subset of the teacher's layers
 plus its embeddings, and saved as a plain encoder folder (``BertModel`` weights + the teacher's tokenizer): it
-resolves by path like any encoder, and ``adapters``/AdapterFusion take it unchanged. Which losses train it depends
-on the teacher:
+resolves by path like any encoder, and ``adapters``/AdapterFusion take it unchanged. Only its top ``train_layers``
+are trained (by default one: the less of the copy distillation changes, the better adapters do on it); the rest
+stay the teacher's, bit for bit. Which losses train it depends on the teacher:
 
 - with an MLM head (mBERT, the paper's teacher): DistilBERT's α_ce·T²·KL on the MLM logits + α_mlm·MLM
   cross-entropy + α_cos·(1 − cos) on last hidden states, on dynamically masked text (15 %, 80/10/10);
 - without one (multilingual-e5-small, the default encoder): there are no logits to match, so the hidden states
-  carry it: cosine and MSE on the last hidden states, plus student layer k against teacher layer 2k+1 (hidden-state
-  MSE and, as in MiniLM, the KL between self-attention distributions), plus the MSE between the in-batch cosine
-  similarities of the mean-pooled sentence vectors (relational distillation), on the text as it is -- there is no
-  masked-LM objective, and the representations being matched are those of real text, which is what the frozen
-  encoder will see under the adapters.
+  carry it: cosine and MSE on the last hidden states, plus each student layer against the teacher layer it was
+  copied from, or MiniLM's 2k+1 (hidden-state MSE and the KL between self-attention distributions), plus the MSE
+  between the in-batch cosine similarities of the mean-pooled sentence vectors (relational distillation), on the
+  text as it is -- there is no masked-LM objective, and the representations being matched are those of real text,
+  which is what the frozen encoder will see under the adapters.
 
 The loop is its own, not :func:`models.training.fit`: ``fit`` is built around epochs of labelled batches -- a
 validation metric after each epoch, early stopping, checkpoints between epochs -- while distillation has no
