@@ -334,8 +334,12 @@ class EncoderDistillConfig(_Config):
     group_by_length: bool = Field(True, description="Batch texts of similar length together (random mega-batches "
                                                     "of 50 batches, each sorted by length) so little of a batch is "
                                                     "padding; off: plain random batches.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (none: run every "
-                                                          "epoch); the schedule is laid out for the steps run.")
+    max_steps: int | None = Field(None, ge=0, description="Stop after this many optimiser steps (none: run every "
+                                                          "epoch); the schedule is laid out for the steps run. 0: no "
+                                                          "distillation, the undistilled copy of the layers is the "
+                                                          "result, evaluated and registered like a distilled one (the "
+                                                          "best base for adapters measured: benchmarks/reports/"
+                                                          "encoder-distill-2cpu, run 13).")
     max_length: int = Field(64, ge=8, description="Tokens per text (queries and titles are short; descriptions are "
                                                   "cut here).")
     train_word_embeddings: bool = Field(True, description="With train_layers all: train the word-embedding matrix "

@@ -336,7 +336,7 @@ class DistillResult:
     seconds: float
     fingerprint: str
     history: list[dict[str, float]] = field(default_factory=list)
-    trained_layers: list[int] | None = None  # student layers distillation trained (None: recorded before it was kept)
+    trained_layers: list[int] | None = None  # student layers trained ([]: max_steps 0; None: written before it was kept)
     resumed_at: int = 0  # the optimiser step a checkpoint was resumed from (0: started fresh)
     reused: bool = False  # the output folder already held this very distillation: nothing was trained
 
@@ -559,7 +559,8 @@ def distill_encoder(
 
     result = DistillResult(
         path=str(out_dir), teacher=teacher.name, teacher_checksum=teacher.checksum, teacher_layers=teacher_layers,
-        layers=layers, matched_layers=objective.matched, trained_layers=trained, mlm_teacher=objective.mlm,
+        layers=layers, matched_layers=objective.matched, trained_layers=trained if total else [],
+        mlm_teacher=objective.mlm,
         losses=objective.losses, texts=len(texts), steps=total, epochs=round(total / steps_per_epoch, 4),
         seconds=seconds,
         fingerprint=fingerprint, history=history, resumed_at=start,

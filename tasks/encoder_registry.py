@@ -106,7 +106,8 @@ def version_tags(r: EncoderRegistrationRequest) -> dict[str, str]:
         "teacher": r.teacher.name,
         "teacher_checksum": r.teacher.checksum,
         "layers": ",".join(map(str, res.layers)),
-        "trained_layers": ",".join(map(str, res.trained_layers or range(len(res.layers)))),
+        "trained_layers": ",".join(map(str, range(len(res.layers)) if res.trained_layers is None
+                                       else res.trained_layers)),
         "teacher_layers": str(res.teacher_layers),
         "losses": ",".join(res.losses),
         "parameters": str(ev.parameters["student"]),

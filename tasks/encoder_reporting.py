@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def trained_phrase(result: DistillResult) -> str:
     """Which student layers distillation changed, in words a reviewer checks against the adapter view."""
     trained = result.trained_layers
+    if trained == []:
+        return "no distillation (max_steps = 0): every weight is the teacher's, bit for bit"
     if trained is None or len(trained) == len(result.layers):
         return "every layer distilled"
     kept = [layer for k, layer in enumerate(result.layers) if k not in trained]
@@ -39,7 +41,10 @@ def loss_figure(history: Sequence[Mapping[str, float]], losses: Sequence[str]) -
                 linewidth=2 if key == "loss" else 1)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
-    if all(r[k] > 0 for r in history for k in ["loss", *losses]):
+    if not history:
+        ax.text(0.5, 0.5, "no distillation steps (max_steps = 0): the undistilled copy", ha="center",
+                va="center", transform=ax.transAxes)
+    elif all(r[k] > 0 for r in history for k in ["loss", *losses]):
         ax.set_yscale("log")
     ax.legend(fontsize="small")
     ax.set_title("encoder distillation")

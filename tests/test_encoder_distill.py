@@ -437,6 +437,22 @@ def test_length_grouped_batches_are_a_seeded_permutation_with_less_padding():
     assert not np.array_equal(grouped, _epoch_order(features, cfg, epoch=1))
 
 
+def test_max_steps_zero_registers_the_undistilled_copy_itself(base_teacher, tmp_path):
+    from tasks.encoder_reporting import loss_figure, trained_phrase
+
+    cfg = EncoderDistillConfig(**QUICK, max_steps=0)
+    result = D.distill_encoder(TEXTS, base_teacher, tmp_path / "out", cfg, work_dir=tmp_path / "w")
+    assert (result.steps, result.history, result.epochs, result.trained_layers) == (0, [], 0, [])
+    copy = AutoModel.from_pretrained(D.build_student(base_teacher.path, tmp_path / "copy", result.layers))
+    student = AutoModel.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), copy.state_dict().values(),
+                                                 strict=True))
+    assert student.config.attention_probs_dropout_prob == copy.config.attention_probs_dropout_prob
+    assert D.read_result(tmp_path / "out").steps == 0
+    assert loss_figure(result.history, result.losses).axes[0].texts, "the loss plot says there was no training"
+    assert "no distillation (max_steps = 0)" in trained_phrase(result)
+
+
 def test_frozen_word_embeddings_stay_the_teachers(base_teacher, tmp_path):
     cfg = EncoderDistillConfig(**QUICK, max_steps=3, train_layers="all", train_word_embeddings=False,
                                learning_rate=1e-2)

@@ -331,6 +331,21 @@ def test_the_flow_distils_evaluates_and_registers_the_encoder(mcl, teacher, root
     assert len(client.search_model_versions("name = 'encoder-shop-small'")) == 1
 
 
+def test_max_steps_zero_registers_the_undistilled_copy_through_the_same_flow(mcl, teacher, root):
+    from mlflow.tracking import MlflowClient
+
+    from flows.adapt_encoder import adapt_encoder
+
+    copy_only = {**SMALL, "max_steps": 0, "adapter_rows": 0}
+    result = adapt_encoder(data=[str(root)], out=str(mcl / "encoders" / "shop-copy"), teacher=str(teacher.path),
+                           distill=copy_only, learner=LEARNER)
+    assert (result["steps"], result["trained_layers"], result["layers"]) == (0, [], [0, 3])
+    assert all(row["vs_undistilled"] == 0 for row in result["evaluation"]), "the student is the copy"
+    mv = MlflowClient().get_model_version(result["name"], result["version"])
+    assert mv.tags["trained_layers"] == ""
+    assert "no distillation (max_steps = 0)" in mlflow.artifacts.load_text(f"runs:/{mv.run_id}/encoder_card.md")
+
+
 def test_mcl_encoder_distill_runs_the_flow_and_refuses_bad_settings_and_data(mcl, teacher, root, tmp_path):
     from flows.cli import app
 
