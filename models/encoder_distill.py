@@ -343,6 +343,16 @@ class DistillResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def trained(self) -> list[int]:
+        """The student layers distillation trained; a result written before that was recorded trained every one."""
+        return list(range(len(self.layers))) if self.trained_layers is None else self.trained_layers
+
+    @property
+    def trained_text(self) -> str:
+        """:attr:`trained` as MLflow params and tags show it: ``3,4,5``, or ``none`` (``max_steps`` 0)."""
+        return ",".join(map(str, self.trained)) or "none"
+
 
 # Settings that do not change the student: which tables the text came from (the texts themselves count), the
 # evaluation's, the checkpoint cadence and the device.

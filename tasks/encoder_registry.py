@@ -106,8 +106,7 @@ def version_tags(r: EncoderRegistrationRequest) -> dict[str, str]:
         "teacher": r.teacher.name,
         "teacher_checksum": r.teacher.checksum,
         "layers": ",".join(map(str, res.layers)),
-        "trained_layers": ",".join(map(str, range(len(res.layers)) if res.trained_layers is None
-                                       else res.trained_layers)),
+        "trained_layers": res.trained_text,
         "teacher_layers": str(res.teacher_layers),
         "losses": ",".join(res.losses),
         "parameters": str(ev.parameters["student"]),

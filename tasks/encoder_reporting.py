@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 def trained_phrase(result: DistillResult) -> str:
     """Which student layers distillation changed, in words a reviewer checks against the adapter view."""
-    trained = result.trained_layers
-    if trained == []:
+    trained = result.trained
+    if not trained:
         return "no distillation (max_steps = 0): every weight is the teacher's, bit for bit"
-    if trained is None or len(trained) == len(result.layers):
+    if len(trained) == len(result.layers):
         return "every layer distilled"
     kept = [layer for k, layer in enumerate(result.layers) if k not in trained]
     return (f"distillation trained student layers {trained} (matched to teacher layers "

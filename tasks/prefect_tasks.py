@@ -290,7 +290,7 @@ def distill_encoder_task(texts: list[DomainText], teacher: EncoderRef, out_dir: 
     def log_result(result: DistillResult) -> None:
         mlflow.log_params({"layers": ",".join(map(str, result.layers)), "losses": ",".join(result.losses),
                            "matched_layers": ",".join(map(str, result.matched_layers)),
-                           "trained_layers": ",".join(map(str, result.trained_layers or [])) or "none",
+                           "trained_layers": result.trained_text,
                            "resumed_at": result.resumed_at, "reused": result.reused})
         mlflow.log_metrics({"steps": result.steps, "seconds": result.seconds,
                             **({"final_loss": result.history[-1]["loss"]} if result.history else {})})

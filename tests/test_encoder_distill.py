@@ -450,7 +450,9 @@ def test_max_steps_zero_registers_the_undistilled_copy_itself(base_teacher, tmp_
     assert student.config.attention_probs_dropout_prob == copy.config.attention_probs_dropout_prob
     assert D.read_result(tmp_path / "out").steps == 0
     assert loss_figure(result.history, result.losses).axes[0].texts, "the loss plot says there was no training"
-    assert "no distillation (max_steps = 0)" in trained_phrase(result)
+    assert "no distillation (max_steps = 0)" in trained_phrase(result) and result.trained_text == "none"
+    older = D.DistillResult(**{**result.as_dict(), "trained_layers": None})  # a manifest from before the field
+    assert (older.trained, older.trained_text, trained_phrase(older)) == ([0, 1], "0,1", "every layer distilled")
 
 
 def test_frozen_word_embeddings_stay_the_teachers(base_teacher, tmp_path):

@@ -282,7 +282,7 @@ def test_registration_is_all_or_nothing_and_never_twice(tracking, student, teach
     assert mv.tags["checksum"] == request.student.checksum == hashlib.sha256(
         (student / "model.safetensors").read_bytes()).hexdigest()
     assert mv.tags["layers"] == "0,3" and mv.tags["teacher"] == teacher.name and "ms_per_pair.b1" in mv.tags
-    assert mv.tags["trained_layers"] == ",".join(map(str, request.result.trained_layers))
+    assert mv.tags["trained_layers"] == ",".join(map(str, request.result.trained_layers)) == "1"
     assert "Frozen-encoder probes" in mv.description and "## Adapter view" in mv.description
     with mlflow.start_run():
         again = encoder_registry.register_encoder(request)
@@ -342,7 +342,7 @@ def test_max_steps_zero_registers_the_undistilled_copy_through_the_same_flow(mcl
     assert (result["steps"], result["trained_layers"], result["layers"]) == (0, [], [0, 3])
     assert all(row["vs_undistilled"] == 0 for row in result["evaluation"]), "the student is the copy"
     mv = MlflowClient().get_model_version(result["name"], result["version"])
-    assert mv.tags["trained_layers"] == ""
+    assert mv.tags["trained_layers"] == "none"
     assert "no distillation (max_steps = 0)" in mlflow.artifacts.load_text(f"runs:/{mv.run_id}/encoder_card.md")
 
 
