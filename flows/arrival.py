@@ -26,9 +26,9 @@ from tasks.prefect_tasks import (
     fusion_task,
     load_storage_credentials,
     project_log_level,
-    registry_lock,
     translate_task,
 )
+from tasks.registry_lock import registry_lock
 from tasks.settings import get_settings
 from tasks.steps import translation_routes
 

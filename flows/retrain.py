@@ -42,8 +42,8 @@ from tasks.prefect_tasks import (
     load_storage_credentials,
     project_log_level,
     redistill_task,
-    registry_lock,
 )
+from tasks.registry_lock import registry_lock
 from tasks.settings import get_settings
 
 log = logging.getLogger(__name__)

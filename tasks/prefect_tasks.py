@@ -2,8 +2,8 @@
 
 The wrappers add what orchestration needs: retries for steps that touch storage, persisted results
 with cache keys derived from data hashes and configuration (a rerun after a crash resumes at the
-failed step and never retrains a finished one), one nested MLflow run per step, and the registry lock
-that serialises arrivals.
+failed step and never retrains a finished one), and one nested MLflow run per step. The lock that serialises
+arrivals is :mod:`tasks.registry_lock`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from tasks import hashing, registry, reporting, steps
 from tasks.records import Evaluation, Registration, StageOutput
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 # values; the data contract forbids missing labels, so on every arrival this is noise in the operator's log.
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
-REGISTRY_LOCK = "mcl-registry"
-REGISTRY_LOCK_LEASE_SECONDS = 60
 # Names the Prefect Secret block with the object store's credentials (a name is not a secret: it may sit in
 # a deployment's job variables; the value never does).
 STORAGE_CREDENTIALS_BLOCK_ENV = "MCL_S3_CREDENTIALS_BLOCK"
@@ -109,24 +106,6 @@ def step_run(name: str, parent_run_id: str | None) -> Iterator[None]:
         yield
         return
     with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id):
-        yield
-
-
-@contextmanager
-def registry_lock(name: str = REGISTRY_LOCK, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Serialise arrivals through a Prefect global concurrency limit of 1: the registry never forks.
-
-    The limit is created on first use, so a fresh server needs no set-up; every process talking
-    to the same Prefect server (any machine) queues on it. The slot is a lease the holder renews while it runs:
-    a holder that dies (a lost host) frees the registry after ``REGISTRY_LOCK_LEASE_SECONDS``, not Prefect's
-    default five minutes.
-    """
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
-                     lease_duration=REGISTRY_LOCK_LEASE_SECONDS):
         yield
 
 
@@ -302,7 +281,8 @@ def distill_encoder_task(texts: list[DomainText], teacher: EncoderRef, out_dir: 
 @task(name="evaluate-frozen-encoders", cache_key_fn=keyed_cache, persist_result=True)
 def evaluate_encoder_task(key: str, student_dir: Path, teacher: EncoderRef, layers: list[int],
                           marketplaces: dict[str, Any], cfg: EncoderDistillConfig, learner: LearnerConfig,
-                          work_dir: Path, parent_run_id: str | None = None) -> EncoderEvaluation:
+                          work_dir: Path, student_is_copy: bool = False,
+                          parent_run_id: str | None = None) -> EncoderEvaluation:
     """:func:`tasks.encoder_evaluation.evaluate_encoders`, cached by the student's checksum, the data and settings."""
     from tasks.encoder_evaluation import evaluate_encoders
 
@@ -311,7 +291,7 @@ def evaluate_encoder_task(key: str, student_dir: Path, teacher: EncoderRef, laye
         mlflow.log_table(evaluation.table(), "frozen_evaluation.json")
 
     return _in_step("evaluate-frozen-encoders", evaluate_encoders, parent_run_id, log_evaluation, student_dir,
-                    teacher, layers, marketplaces, cfg, learner, work_dir=work_dir)
+                    teacher, layers, marketplaces, cfg, learner, work_dir=work_dir, student_is_copy=student_is_copy)
 
 
 @task(name="register-encoder", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 60])

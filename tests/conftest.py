@@ -72,11 +72,19 @@ def isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    """One temporary Prefect server for every flow test of the session (starting one takes seconds)."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    """One temporary Prefect server for every flow test of the session (starting one takes seconds), keeping its
+    leases on disk as the CLI's local servers do (``flows.commands.local_prefect``)."""
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from tasks.registry_lock import LEASES_ON_DISK
+
+    with temporary_settings({PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE: LEASES_ON_DISK}), \
+            prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
             yield
 

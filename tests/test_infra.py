@@ -78,6 +78,16 @@ def test_every_service_has_a_healthcheck_and_dependents_wait_for_it(compose):
     assert "--with-healthcheck" in services["worker"]["command"]
 
 
+def test_the_prefect_server_keeps_the_registry_locks_leases_across_restarts(compose):
+    """In memory, a restarted server forgets who held the registry lock and its slot stays taken for good."""
+    from tasks.registry_lock import LEASES_ON_DISK
+
+    server = compose["services"]["prefect-server"]
+    assert server["environment"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == LEASES_ON_DISK
+    home = server["environment"]["PREFECT_HOME"]
+    assert any(v.split(":")[0] in compose["volumes"] and v.split(":")[1] == home for v in server["volumes"])
+
+
 def test_mlflow_accepts_the_worker_host_header(compose):
     from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
 

@@ -8,8 +8,13 @@ import os
 def patient_local_prefect() -> None:
     """Give the ephemeral Prefect server time to create its database on a first run or a busy machine
     (Prefect's default of 20 s is not always enough on 2 cores), and keep it quiet on offline machines (its
-    telemetry logs an ERROR when it cannot reach the internet); must run before Prefect is imported."""
+    telemetry logs an ERROR when it cannot reach the internet); keep its concurrency leases on disk, so a killed
+    local run's hold on the registry lock can be freed by the next one (:mod:`tasks.registry_lock`); must run
+    before Prefect is imported."""
+    from tasks.registry_lock import LEASES_ON_DISK
+
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

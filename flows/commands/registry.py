@@ -141,7 +141,7 @@ def alias_lock() -> Iterator[None]:
     if configured_prefect_api() is None:
         yield
         return
-    from tasks.prefect_tasks import REGISTRY_LOCK, registry_lock
+    from tasks.registry_lock import REGISTRY_LOCK, registry_lock
 
     console.print(f"holding the registry lock {REGISTRY_LOCK!r} (waits while an arrival or retraining runs)",
                   highlight=False)

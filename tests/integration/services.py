@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.registry_lock import LEASES_ON_DISK
+
 BIN = Path(sys.executable).parent
 ACCESS_KEY, SECRET_KEY = "mcl-integration", "mcl-integration-secret"
 ARTIFACT_BUCKET, LANDING_BUCKET = "mcl-artifacts", "mcl-landing"
@@ -266,7 +268,8 @@ class Stack:
     def start_prefect(self) -> None:
         env = {**self.base_env(), "PREFECT_API_DATABASE_CONNECTION_URL": self.postgres_url("prefect",
                                                                                             "postgresql+asyncpg"),
-               "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.ports["prefect"])}
+               "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.ports["prefect"]),
+               "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASES_ON_DISK}  # as infra/docker-compose.yml
         self.add("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                              str(self.ports["prefect"])], env, health=f"{self.prefect_api}/health", wait=False)
 
