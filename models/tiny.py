@@ -2,16 +2,17 @@
 
 The fast test suite and quick smoke runs need a real Hugging Face encoder folder
 (BertModel + fast tokenizer) without any download: a random ``BertConfig`` and a
-WordPiece vocabulary trained in milliseconds on the text at hand.
+WordPiece vocabulary built in milliseconds from the text at hand.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -26,14 +27,32 @@ _FALLBACK_CORPUS = [
 ]
 
 
+def wordpiece_vocab(texts: Iterable[str], vocab_size: int = 2000) -> dict[str, int]:
+    """Every character of ``texts`` (alone and as a ``##`` continuation, so no seen text is unknown), then whole
+    words by frequency, ties alphabetical: the same vocabulary in every process.
+
+    Why not the library's WordPiece trainer: it breaks frequency ties in hash-map order, which changes from process to
+    process, so a tiny model's tokenizer, and every figure a test measures on it, changed from one run to the next.
+    """
+    normalizer, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    tokens = [*_SPECIALS, *chars, *(f"##{c}" for c in chars)]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    tokens += words[:max(vocab_size - len(tokens), 0)]
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000) -> BertTokenizerFast:
-    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template, on :func:`wordpiece_vocab`."""
+    tok = Tokenizer(models.WordPiece(wordpiece_vocab([*texts, *_FALLBACK_CORPUS], vocab_size), unk_token="[UNK]"))
+    tok.normalizer = _normalizer()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS, show_progress=False)
-    tok.train_from_iterator(list(texts) + _FALLBACK_CORPUS, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
