@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - started
     print(f"\n1. distillation: {wall:.0f} s wall ({wall / 60:.1f} min; training loop {result.seconds:.0f} s), "
           f"{result.steps} steps, {result.epochs:g} epochs, layers {result.layers} (trained: student layers "
-          f"{result.trained_layers}, matched to teacher layers {result.matched_layers}), losses "
+          f"{result.trained}, matched to teacher layers {result.matched_layers}), losses "
           f"{', '.join(result.losses)}"
           + (" -- REUSED an existing output folder: use a new --out to time it" if result.reused else ""))
 

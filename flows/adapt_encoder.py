@@ -94,7 +94,7 @@ def adapt_encoder(
                             for m, mk in marketplaces.items()},
                            distill, learner)
         evaluation = evaluate_encoder_task(ekey, student.path, ref, result.layers, marketplaces, distill, learner,
-                                           work / ekey[:20], parent_run_id=parent)
+                                           work / ekey[:20], student_is_copy=not result.trained, parent_run_id=parent)
         facts = {"data": ",".join(data), "marketplaces": ",".join(marketplaces),
                  "splits": ",".join(distill.splits), "text_hash": text_key}
         registration = register_encoder_task(EncoderRegistrationRequest(
@@ -111,7 +111,7 @@ def adapt_encoder(
         "name": registration.name, "version": registration.version, "already_registered":
             registration.already_registered, "run_id": registration.run_id, "path": str(student.path),
         "checksum": student.checksum, "teacher": ref.name, "layers": result.layers,
-        "trained_layers": result.trained_layers, "losses": result.losses,
+        "trained_layers": result.trained, "losses": result.losses,
         "texts": result.texts, "steps": result.steps, "seconds": result.seconds, "reused": result.reused,
         "evaluation": table.to_dict(orient="records"), "adapter_aucs": evaluation.adapter_aucs,
         "latency_ms": evaluation.latency_ms,

@@ -131,13 +131,20 @@ def evaluate_encoders(
     learner: LearnerConfig,
     *,
     work_dir: Path,
+    student_is_copy: bool = False,
 ) -> EncoderEvaluation:
     """Probe the student, the teacher and the undistilled copy of ``layers`` on every marketplace (fitted on its
     train split, scored on its test split), train an adapter per marketplace on each (``learner``'s stage-1
-    settings, ``cfg.adapter_rows`` pairs), then time student and teacher on the first marketplace's test pairs."""
+    settings, ``cfg.adapter_rows`` pairs), then time student and teacher on the first marketplace's test pairs.
+
+    ``student_is_copy`` (a run with ``max_steps = 0``): the student is the undistilled copy, so it is scored once
+    and its figures stand for both, which saves a third of the evaluation."""
     started = time.perf_counter()
-    undistilled = build_student(teacher.path, Path(work_dir) / "undistilled", layers)
-    folders = {STUDENT: Path(student), TEACHER: Path(teacher.path), UNDISTILLED: undistilled}
+    folders = {STUDENT: Path(student), TEACHER: Path(teacher.path)}
+    if student_is_copy:
+        log.info("the student is the undistilled copy (max_steps = 0): scored once, its figures stand for both")
+    else:
+        folders[UNDISTILLED] = build_student(teacher.path, Path(work_dir) / "undistilled", layers)
     splits = {m: (to_pairs(mk.train), to_pairs(mk.test)) for m, mk in marketplaces.items()}
     aucs = {}
     for kind, folder in folders.items():
@@ -153,6 +160,10 @@ def evaluate_encoders(
             adapters[kind] = adapter_aucs(ref, tables, learner, rows=cfg.adapter_rows)
             log.info("adapter ROC-AUC on the %s: %s", kind,
                      ", ".join(f"{m} {v:.4f}" for m, v in adapters[kind].items()))
+    if student_is_copy:
+        aucs[UNDISTILLED] = aucs[STUDENT]
+        if adapters:
+            adapters[UNDISTILLED] = adapters[STUDENT]
     ids = list(marketplaces)
     first = splits[ids[0]][1].head(cfg.latency_pairs)
     latency = {kind: pair_latency_ms(folders[kind], first, batch_sizes=cfg.latency_batch_sizes,

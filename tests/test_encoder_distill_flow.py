@@ -170,6 +170,28 @@ def test_frozen_evaluation_compares_three_encoders_over_seeds(student, teacher, 
     assert metrics["adapter_auc.student.en"] == ev.adapter_aucs["student"]["en"]
 
 
+def test_a_student_that_is_the_copy_is_scored_once_for_both(student, teacher, root, tmp_path, monkeypatch):
+    from models.encoder_distill import read_result
+    from tasks import encoder_evaluation
+    from tasks.domain_text import load_marketplaces
+
+    probed, trained_on = [], []
+    probe, adapters = encoder_evaluation.probe_aucs, encoder_evaluation.adapter_aucs
+    monkeypatch.setattr(encoder_evaluation, "probe_aucs", lambda folder, *a, **k: probed.append(folder)
+                        or probe(folder, *a, **k))
+    monkeypatch.setattr(encoder_evaluation, "adapter_aucs", lambda ref, *a, **k: trained_on.append(ref.path)
+                        or adapters(ref, *a, **k))
+    ev = encoder_evaluation.evaluate_encoders(student, teacher, read_result(student).layers,
+                                              load_marketplaces([str(root)]), EncoderDistillConfig(**SMALL), LEARNER,
+                                              work_dir=tmp_path, student_is_copy=True)
+    assert [Path(f) for f in probed] == [Path(student), Path(teacher.path)], "no third encoding of the same weights"
+    assert [Path(f) for f in trained_on] == [Path(student), Path(teacher.path)]
+    assert not (tmp_path / "undistilled").exists()
+    assert ev.aucs["undistilled"] == ev.aucs["student"] and ev.adapter_aucs["undistilled"] == ev.adapter_aucs["student"]
+    assert all(p == 1.0 for p in ev.ks_pvalues["undistilled"].values())
+    assert (ev.table()["vs_undistilled"] == 0).all()
+
+
 def test_the_adapter_view_is_an_arrivals_first_stage_on_each_frozen_encoder(student, teacher, root, tmp_path):
     """The teacher's adapter ROC-AUC is R[0][0] of a sequence that starts with that marketplace (same settings,
     every pair); adapter_rows caps the pairs trained on, and 0 leaves the view out of table, metrics and card."""
