@@ -41,7 +41,7 @@ from models.encoder_distill import distill_encoder, run_fingerprint  # noqa: E40
 from models.encoders import resolve_encoder  # noqa: E402
 from tasks.config import ENCODER_PRESETS, build, learner_config  # noqa: E402
 from tasks.domain_text import distill_inputs, domain_texts, load_marketplaces  # noqa: E402
-from tasks.encoder_evaluation import evaluate_encoders  # noqa: E402
+from tasks.encoder_evaluation import KINDS, evaluate_encoders  # noqa: E402
 from tasks.learner import resolve_settings_encoder, run_sequence  # noqa: E402
 from tasks.settings import get_settings  # noqa: E402
 
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> dict:
     for row in table.to_dict(orient="records"):
         ks = "" if np.isnan(row["ks_p_teacher"]) else f"{row['ks_p_teacher']:.3f} / {row['ks_p_undistilled']:.3f}"
         print(f"  {row['marketplace']:12s} " + " ".join(f"{row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f}"
-                                                        for k in ("student", "teacher", "undistilled"))
+                                                        for k in KINDS)
               + f"   {row['vs_teacher']:+.4f}     {row['vs_undistilled']:+.4f}   {ks}")
     mean = table.iloc[-1]
     above = all(ev.mean("student", m) >= ev.mean("undistilled", m) + UNDISTILLED_MARGIN for m in ev.marketplaces)
@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> dict:
         print(f"  {'marketplace':12s} {'student':>9s} {'teacher':>9s} {'undist.':>9s}  vs teacher  vs undist.")
         for row in table.to_dict(orient="records"):
             print(f"  {row['marketplace']:12s} " + " ".join(f"{row[f'{k}_adapter']:9.4f}"
-                                                            for k in ("student", "teacher", "undistilled"))
+                                                            for k in KINDS)
                   + f"   {row['adapter_vs_teacher']:+.4f}     {row['adapter_vs_undistilled']:+.4f}")
 
     print("\n3. latency per pair, one CPU thread:")

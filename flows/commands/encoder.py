@@ -117,16 +117,17 @@ def distill_config(preset: DistillPresetOption = None, config: DistillConfigOpti
 
 def evaluation_table(result: dict[str, Any]) -> Table:
     """Probe ROC-AUC per marketplace of the three encoders (mean ± std over seeds) and the KS p-values."""
+    from tasks.encoder_evaluation import KINDS
+
     table = Table(title="frozen-encoder probes: test ROC-AUC (mean ± std over seeds)")
-    for column in ("marketplace", "student", "teacher", "undistilled", "vs teacher", "vs undistilled",
-                   "KS p (teacher)", "KS p (undistilled)"):
+    for column in ("marketplace", *KINDS, "vs teacher", "vs undistilled", "KS p (teacher)", "KS p (undistilled)"):
         table.add_column(column, justify="left" if column == "marketplace" else "right")
     def p(value: float) -> str:
         return "" if math.isnan(value) else f"{value:.3f}"  # the mean row has no KS test
 
     for row in result["evaluation"]:
         table.add_row(row["marketplace"], *(f"{row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f}"
-                                            for k in ("student", "teacher", "undistilled")),
+                                            for k in KINDS),
                       f"{row['vs_teacher']:+.4f}", f"{row['vs_undistilled']:+.4f}", p(row["ks_p_teacher"]),
                       p(row["ks_p_undistilled"]))
     return table
@@ -134,13 +135,15 @@ def evaluation_table(result: dict[str, Any]) -> Table:
 
 def adapter_table(result: dict[str, Any]) -> Table | None:
     """The adapter view per marketplace (one adapter and head on each frozen encoder), or None when skipped."""
+    from tasks.encoder_evaluation import KINDS
+
     if not result["adapter_aucs"]:
         return None
     table = Table(title="adapter view: test ROC-AUC of one adapter and head per marketplace on each frozen encoder")
-    for column in ("marketplace", "student", "teacher", "undistilled", "vs teacher", "vs undistilled"):
+    for column in ("marketplace", *KINDS, "vs teacher", "vs undistilled"):
         table.add_column(column, justify="left" if column == "marketplace" else "right")
     for row in result["evaluation"]:
-        table.add_row(row["marketplace"], *(f"{row[f'{k}_adapter']:.4f}" for k in ("student", "teacher", "undistilled")),
+        table.add_row(row["marketplace"], *(f"{row[f'{k}_adapter']:.4f}" for k in KINDS),
                       f"{row['adapter_vs_teacher']:+.4f}", f"{row['adapter_vs_undistilled']:+.4f}")
     return table
 
