@@ -23,6 +23,7 @@ from flows.commands import (
     translate,
     watch,
 )
+from flows.commands.local_prefect import exit_on_sigterm
 
 app = typer.Typer(
     name="mcl",
@@ -30,6 +31,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    # A terminated command exits like a failed one, cleaning up after itself (local_prefect.exit_on_sigterm).
+    exit_on_sigterm()
+
+
 app.add_typer(encoder.app, name="encoder")
 app.add_typer(data.app, name="data")
 app.add_typer(settings.app, name="config")

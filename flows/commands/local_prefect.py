@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from types import FrameType
 
 
 def patient_local_prefect() -> None:
@@ -25,3 +28,15 @@ def configured_prefect_api() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``docker stop``, ``timeout``, a supervisor, a cancelled CI job) into an ordinary exit with status
+    143, so exit handlers run: above all the one that stops the temporary Prefect server a command runs as a child
+    process. Killed outright by the signal, a command left that server running, holding its port and database.
+    Inside a flow, Prefect's own handler marks the run Crashed (and ends its MLflow runs as failed) first, then
+    passes the signal on to this one."""
+    def terminate(signum: int, _frame: FrameType | None) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
