@@ -133,6 +133,7 @@ def _take_slot(name: str, timeout_seconds: float | None) -> ExitStack:
                 attempt.enter_context(concurrency(
                     name, occupy=1, strict=True, lease_duration=REGISTRY_LOCK_LEASE_SECONDS, holder=_this_run(),
                     timeout_seconds=WAIT_REPORT_SECONDS if left is None else max(min(WAIT_REPORT_SECONDS, left), 0)))
+                log.info("holding the registry lock %r (waited %.0f s)", name, time.monotonic() - started)
                 return attempt.pop_all()
             except TimeoutError:
                 with get_client(sync_client=True) as client:

@@ -4,6 +4,7 @@ and a waiting run says what it waits for."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -86,7 +87,8 @@ def test_a_live_holder_is_waited_for_and_named_with_the_way_to_free_it(limit_nam
     assert active_slots(limit_name) == 1  # a live lease is never taken away
 
 
-def test_a_waiting_run_proceeds_once_the_holders_lease_lapses(limit_name, monkeypatch):
+def test_a_waiting_run_proceeds_once_the_holders_lease_lapses(limit_name, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.registry_lock")
     lease_id = hold_and_vanish(limit_name)
     monkeypatch.setattr(lock, "WAIT_REPORT_SECONDS", 1.0)
     threading.Timer(2.0, let_lease_lapse, args=(lease_id,)).start()
@@ -95,4 +97,7 @@ def test_a_waiting_run_proceeds_once_the_holders_lease_lapses(limit_name, monkey
         waited = time.monotonic() - started
         assert active_slots(limit_name) == 1
     assert 2.0 <= waited < 30, waited
+    held = [re.fullmatch(rf"holding the registry lock '{limit_name}' \(waited (\d+) s\)", r.getMessage())
+            for r in caplog.records if r.getMessage().startswith("holding")]
+    assert len(held) == 1 and held[0] and abs(int(held[0][1]) - waited) <= 1, caplog.text
     assert active_slots(limit_name) == 0
