@@ -125,7 +125,7 @@ def _take_slot(name: str, timeout_seconds: float | None) -> ExitStack:
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
-    started = time.monotonic()
+    started, level = time.monotonic(), logging.DEBUG  # INFO once it had to wait: the end of the WARNINGs above it
     with _quiet_timeouts(), ExitStack() as attempt:
         while True:
             left = None if timeout_seconds is None else timeout_seconds - (time.monotonic() - started)
@@ -133,9 +133,10 @@ def _take_slot(name: str, timeout_seconds: float | None) -> ExitStack:
                 attempt.enter_context(concurrency(
                     name, occupy=1, strict=True, lease_duration=REGISTRY_LOCK_LEASE_SECONDS, holder=_this_run(),
                     timeout_seconds=WAIT_REPORT_SECONDS if left is None else max(min(WAIT_REPORT_SECONDS, left), 0)))
-                log.info("holding the registry lock %r (waited %.0f s)", name, time.monotonic() - started)
+                log.log(level, "holding the registry lock %r (waited %.0f s)", name, time.monotonic() - started)
                 return attempt.pop_all()
             except TimeoutError:
+                level = logging.INFO
                 with get_client(sync_client=True) as client:
                     if release_expired_holders(client, name):
                         continue
