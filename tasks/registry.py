@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
@@ -103,12 +104,24 @@ class VersionInfo:
     description: str = ""
 
 
+def _first_use_lock(tracking_uri: str) -> AbstractContextManager:
+    """Local commands opening a new SQLite store at the same time each run MLflow's schema migrations on it, and all
+    but one fail ("Online migration expected to match one row", reproduced with two processes in 3 of 3 tries):
+    they take turns on a lock file beside the database. A tracking server migrates its own store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock")
+
+
 def setup_tracking(tracking_uri: str, artifact_location: str | None, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store and make sure the experiment exists with our artifact root; returns its id."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
+    with _first_use_lock(tracking_uri):
+        client = MlflowClient()  # creates or migrates the store's tables
+        found = client.get_experiment_by_name(experiment)
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id

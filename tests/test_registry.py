@@ -345,3 +345,18 @@ def test_fresh_data_some_version_trained_on_is_not_used_again(tmp_path, caplog):
             "fresh data for en in /zone/en was already trained on by relevance version 3 (train sha256 t3): skipped"]
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_local_commands_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Two processes creating one new SQLite store both ran MLflow's migrations, and all but one failed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = (f"from tasks.registry import setup_tracking; print(setup_tracking({uri!r}, {str(tmp_path / 'art')!r}))")
+    commands = [subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(c.wait(timeout=300), c.stdout.read().strip(), c.stderr.read()) for c in commands]
+    assert [rc for rc, _, _ in results] == [0, 0, 0], [err[-600:] for _, _, err in results]
+    assert len({out for _, out, _ in results}) == 1, "one experiment, found by every command"
