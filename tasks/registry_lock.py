@@ -68,9 +68,13 @@ def release_expired_holders(client: SyncPrefectClient, name: str = REGISTRY_LOCK
 
     The release goes through the server's API (``decrement-with-lease``), so the database and the lease storage
     change together; a lease the server does not know (another server's) is left as it is."""
+    return _release_lapsed(client, name, _limit_leases(client, name))
+
+
+def _release_lapsed(client: SyncPrefectClient, name: str, leases: list[ResourceLease]) -> list[UUID]:
     now = time.time()
     released = []
-    for lease in _limit_leases(client, name):
+    for lease in leases:
         if lease.expiration.timestamp() >= now:
             continue
         client.release_concurrency_slots_with_lease(lease.id)
@@ -82,9 +86,8 @@ def release_expired_holders(client: SyncPrefectClient, name: str = REGISTRY_LOCK
     return released
 
 
-def _holder_text(client: SyncPrefectClient, name: str) -> str:
-    holders = [lease.metadata.holder for lease in _limit_leases(client, name)
-               if lease.metadata and lease.metadata.holder]
+def _holder_text(leases: list[ResourceLease]) -> str:
+    holders = [lease.metadata.holder for lease in leases if lease.metadata and lease.metadata.holder]
     return "; held by " + ", ".join(f"{h.type} {h.id}" for h in holders) if holders else ""
 
 
@@ -138,9 +141,10 @@ def _take_slot(name: str, timeout_seconds: float | None) -> ExitStack:
             except TimeoutError:
                 level = logging.INFO
                 with get_client(sync_client=True) as client:
-                    if release_expired_holders(client, name):
+                    leases = _limit_leases(client, name)
+                    if _release_lapsed(client, name, leases):
                         continue
-                    holders = _holder_text(client, name)
+                holders = _holder_text(leases)  # every one left is live
             waited = time.monotonic() - started
             message = (f"the registry lock {name!r} is held by another arrival, retraining or registry command"
                        f"{holders}; a holder that was killed frees it {REGISTRY_LOCK_LEASE_SECONDS} s after its last "
