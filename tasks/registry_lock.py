@@ -58,8 +58,11 @@ def _leases_on_disk() -> list[ResourceLease]:
 
 
 def _limit_leases(client: SyncPrefectClient, name: str) -> list[ResourceLease]:
+    leases = _leases_on_disk()
+    if not leases:  # a configured server's, or none held: no need to ask the server for the limit
+        return []
     limit = client.read_global_concurrency_limit_by_name(name)
-    return [lease for lease in _leases_on_disk() if limit.id in lease.resource_ids]
+    return [lease for lease in leases if limit.id in lease.resource_ids]
 
 
 def release_expired_holders(client: SyncPrefectClient, name: str = REGISTRY_LOCK) -> list[UUID]:
