@@ -457,6 +457,14 @@ def test_the_paper_preset_is_distilberts_student_and_changes_nothing_else():
                                     "train_layers": 1}) == EncoderDistillConfig()
 
 
+def test_the_probes_preset_distils_every_layer_of_the_defaults_student_for_two_full_passes():
+    from flows.commands.encoder import distill_settings
+
+    probes = distill_settings("probes", None, None)
+    assert (probes.train_layers, probes.train_word_embeddings, probes.max_steps) == ("all", False, None)
+    assert probes.model_copy(update={"train_layers": 1, "train_word_embeddings": True}) == EncoderDistillConfig()
+
+
 def test_the_flow_and_its_deployment_describe_every_parameter():
     import yaml
     from prefect.flows import load_flow_from_entrypoint
