@@ -160,3 +160,48 @@ def test_an_empty_registry_lists_nothing(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
         mlflow.set_tracking_uri(None)
+
+
+HOLDER = """
+import sys
+from flows.commands.local_prefect import patient_local_prefect
+patient_local_prefect()
+from tasks.registry_lock import registry_lock
+with registry_lock():
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_local_promote_waits_for_a_local_run_holding_the_registry_lock(store, tmp_path):
+    """No Prefect server configured: a local arrival (here, a process holding the lock through its own temporary
+    server) and `mcl registry promote` share the lock through this machine's Prefect home, so the promotion waits
+    and lands after the arrival, never under it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(root))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, cwd=root, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    promote = None
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read() if holder.poll() is not None else ""
+        promote = subprocess.Popen([sys.executable, "-m", "flows.cli", "registry", "promote", "3"], env=env,
+                                   cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(25)  # without the lock it is done in well under this (imports, one MLflow call)
+        assert promote.poll() is None, f"promoted while an arrival held the registry lock: {promote.stdout.read()}"
+        assert aliases(store)[registry.CHAMPION] == "2"
+        holder.communicate("\n", timeout=60)
+        output = promote.communicate(timeout=120)[0]
+        assert promote.returncode == 0, output
+        assert "holding the registry lock 'mcl-registry'" in output
+        assert aliases(store)[registry.CHAMPION] == "3"
+    finally:
+        for process in (holder, promote):
+            if process is not None and process.poll() is None:
+                process.kill()

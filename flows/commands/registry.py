@@ -133,14 +133,13 @@ def announce(move: Any, how: str) -> None:
 
 @contextmanager
 def alias_lock() -> Iterator[None]:
-    """On a team stack (a Prefect server configured), hold the lock arrivals and retrainings hold from reading
-    the champion to moving its alias, so a promotion never lands under a run that is building on the champion it
-    replaces; it waits for such a run to finish. Without a server there is nobody to race with."""
-    from flows.commands.local_prefect import configured_prefect_api
+    """Hold the lock arrivals and retrainings hold from reading the champion to moving its alias, so a promotion
+    never lands under a run that is building on the champion it replaces; it waits for such a run to finish. Without
+    a configured server too: local `mcl arrive`, `retrain` and `demo` runs on this machine hold the same lock through
+    their temporary Prefect servers (its slot is in this machine's Prefect home), so the command starts one as well."""
+    from flows.commands.local_prefect import patient_local_prefect
 
-    if configured_prefect_api() is None:
-        yield
-        return
+    patient_local_prefect()
     from tasks.registry_lock import REGISTRY_LOCK, registry_lock
 
     console.print(f"holding the registry lock {REGISTRY_LOCK!r} (waits while an arrival or retraining runs)",
