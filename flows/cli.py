@@ -23,7 +23,7 @@ from flows.commands import (
     translate,
     watch,
 )
-from flows.commands.local_prefect import exit_on_sigterm
+from flows.commands.local_prefect import exit_on_sigterm, quiet_event_drain
 
 app = typer.Typer(
     name="mcl",
@@ -37,6 +37,7 @@ app = typer.Typer(
 def _every_command() -> None:
     # A terminated command exits like a failed one, cleaning up after itself (local_prefect.exit_on_sigterm).
     exit_on_sigterm()
+    quiet_event_drain()
 
 
 app.add_typer(encoder.app, name="encoder")

@@ -52,3 +52,18 @@ def test_a_terminated_command_stops_its_temporary_prefect_server(tmp_path):
         assert not alive(server), "the temporary Prefect server outlived the command"
     finally:
         command.kill()
+
+
+def test_the_event_workers_drain_progress_is_dropped_and_its_other_warnings_kept(caplog):
+    import logging
+
+    from flows.commands.local_prefect import _DrainProgress, quiet_event_drain
+
+    quiet_event_drain()
+    quiet_event_drain()  # every command calls it; one filter
+    events = logging.getLogger("EventsWorker")
+    assert sum(isinstance(f, _DrainProgress) for f in events.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        events.warning("Still processing items: 1 items remaining...")
+        events.warning("Service %r queue is full (%d items), dropping item", "EventsWorker", 10)
+    assert [r.getMessage() for r in caplog.records] == ["Service 'EventsWorker' queue is full (10 items), dropping item"]

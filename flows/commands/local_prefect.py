@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -40,3 +41,20 @@ def exit_on_sigterm() -> None:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+class _DrainProgress(logging.Filter):
+    """Drops Prefect's "Still processing items: N items remaining..." WARNING: its events worker logs it while it
+    sends the command's last event (a released lock's, a flow run's end) as the process exits; the event is sent, and
+    an operator reading a WARNING as the last line of a `mcl registry promote` looks for what was lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def quiet_event_drain() -> None:
+    """Keep Prefect's events worker from ending a successful command on a WARNING (its other warnings, such as
+    dropped events, still show)."""
+    events = logging.getLogger("EventsWorker")  # Prefect names its services' loggers after their class
+    if not any(isinstance(f, _DrainProgress) for f in events.filters):
+        events.addFilter(_DrainProgress())
