@@ -164,8 +164,9 @@ def test_an_empty_registry_lists_nothing(tmp_path, monkeypatch):
 
 HOLDER = """
 import sys
-from flows.commands.local_prefect import patient_local_prefect
+from flows.commands.local_prefect import exit_on_sigterm, patient_local_prefect
 patient_local_prefect()
+exit_on_sigterm()
 from tasks.registry_lock import registry_lock
 with registry_lock():
     print("held", flush=True)
@@ -201,7 +202,11 @@ def test_a_local_promote_waits_for_a_local_run_holding_the_registry_lock(store, 
         assert promote.returncode == 0, output
         assert "holding the registry lock 'mcl-registry'" in output
         assert aliases(store)[registry.CHAMPION] == "3"
-    finally:
+    finally:  # SIGTERM, so each process stops the temporary Prefect server it started (a kill would orphan it)
         for process in (holder, promote):
             if process is not None and process.poll() is None:
-                process.kill()
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
