@@ -90,6 +90,17 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture()
+def local_command_env(tmp_path) -> dict[str, str]:
+    """The environment of a local `mcl` command run as a process of its own: no Prefect setting from this session
+    (so no configured server: it starts a temporary one), a Prefect home of this test's own, the repo importable."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return env
+
+
+@pytest.fixture()
 def mcl(tmp_path, monkeypatch, prefect_server):
     """Fresh cache, tracking store and artifact root per flow test; MLflow pointed back at its default after."""
     import mlflow

@@ -34,10 +34,8 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_a_terminated_command_stops_its_temporary_prefect_server(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(ROOT))
-    command = subprocess.Popen([sys.executable, "-c", COMMAND], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+def test_a_terminated_command_stops_its_temporary_prefect_server(local_command_env):
+    command = subprocess.Popen([sys.executable, "-c", COMMAND], env=local_command_env, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         line = command.stdout.readline()

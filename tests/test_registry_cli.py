@@ -3,6 +3,11 @@ they record on the versions, what they print, and one clear line (exit code 1, n
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -174,19 +179,11 @@ with registry_lock():
 """
 
 
-def test_a_local_promote_waits_for_a_local_run_holding_the_registry_lock(store, tmp_path):
+def test_a_local_promote_waits_for_a_local_run_holding_the_registry_lock(store, local_command_env):
     """No Prefect server configured: a local arrival (here, a process holding the lock through its own temporary
     server) and `mcl registry promote` share the lock through this machine's Prefect home, so the promotion waits
     and lands after the arrival, never under it."""
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(root))
+    root, env = Path(__file__).resolve().parents[1], local_command_env
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, cwd=root, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     promote = None
