@@ -1,7 +1,9 @@
-"""What a command that runs its own temporary Prefect server leaves behind when it is terminated: nothing."""
+"""What a command that runs its own temporary Prefect server leaves behind when it is terminated (nothing), and
+what Prefect prints as it exits."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -53,8 +55,6 @@ def test_a_terminated_command_stops_its_temporary_prefect_server(local_command_e
 
 
 def test_the_event_workers_drain_progress_is_dropped_and_its_other_warnings_kept(caplog):
-    import logging
-
     from flows.commands.local_prefect import _DrainProgress, quiet_event_drain
 
     quiet_event_drain()
@@ -64,4 +64,5 @@ def test_the_event_workers_drain_progress_is_dropped_and_its_other_warnings_kept
     with caplog.at_level(logging.WARNING):
         events.warning("Still processing items: 1 items remaining...")
         events.warning("Service %r queue is full (%d items), dropping item", "EventsWorker", 10)
-    assert [r.getMessage() for r in caplog.records] == ["Service 'EventsWorker' queue is full (10 items), dropping item"]
+    kept = [r.getMessage() for r in caplog.records]
+    assert kept == ["Service 'EventsWorker' queue is full (10 items), dropping item"]

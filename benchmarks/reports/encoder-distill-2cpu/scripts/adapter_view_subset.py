@@ -17,7 +17,8 @@ from tasks.settings import get_settings
 
 folder, keys, sets = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 marketplaces = load_marketplaces(["/tmp/bench/demo", "/tmp/bench/tax"])
+splits = {k: marketplace_splits(marketplaces[k]) for k in keys}
 started = time.perf_counter()
-aucs = adapter_aucs(resolve_encoder(folder, get_settings().cache_dir), {k: marketplace_splits(marketplaces[k]) for k in keys},
-                    learner_config("demo", overrides=sets), rows=800)
+aucs = adapter_aucs(resolve_encoder(folder, get_settings().cache_dir), splits, learner_config("demo", overrides=sets),
+                    rows=800)
 print("RESULT", folder, sets, {k: round(v, 4) for k, v in aucs.items()}, round(time.perf_counter() - started), "s")
